@@ -1,0 +1,3 @@
+from animalcls.cli import main
+
+main()

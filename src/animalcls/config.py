@@ -1,0 +1,152 @@
+"""Typed configs: the schema Hydra merges every YAML into, and the checks Hydra cannot express.
+
+A wrong type or an unknown key fails while Hydra composes (before any work); a nonsensical value
+(lr <= 0, ...) fails in `validate` with a message that says what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from animalcls.errors import AnimalclsError
+
+MODELS = ("base", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
+          "mobilenet_v3_small")
+OPTIMIZERS = ("adam", "sgd", "sgd_momentum")
+LOSSES = ("cross_entropy", "multi_margin")
+AUGS = ("default_112", "rotation_112", "imagenet_224")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    pretrained: bool = False
+    weights: Optional[str] = None     # a local torchvision state-dict file instead of the hub
+    batch_norm: bool = False          # base CNN only
+    dropout: float = 0.0              # base CNN only
+
+
+@dataclass
+class OptimConfig:
+    name: str = MISSING
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING
+
+
+@dataclass
+class AugConfig:
+    name: str = MISSING
+    resize: int = 112
+    crop: int = 112
+    hflip: float = 0.0
+    rotation: float = 0.0
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    root: str = MISSING
+    split: List[float] = field(default_factory=lambda: [0.85, 0.05, 0.10])
+    pipeline: str = "cached"
+    cache_dir: str = "data/.cache"
+    strict: bool = False
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lr: float = 0.001
+    batch_size: int = 16
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    eval_batch_size: int = 0
+    test_on: str = "best"
+    resume: str = "auto"
+    force: bool = False
+    results: str = "outputs/results.csv"
+    tags: List[str] = field(default_factory=list)
+    paper_config: str = ""
+    ckpt: str = ""
+    images: List[str] = field(default_factory=list)
+
+
+def register_schema() -> None:
+    ConfigStore.instance().store(name="schema", node=Config)
+
+
+def _choice(value: str, allowed: tuple, key: str) -> None:
+    if value not in allowed:
+        raise AnimalclsError(f"{key}={value!r} is not known; choose one of: {', '.join(allowed)} "
+                             f"(e.g. `{key.split('.')[0]}={allowed[0]}`).")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that type checks let through, before any data is read."""
+    _choice(cfg.model.name, MODELS, "model")
+    _choice(cfg.optim.name, OPTIMIZERS, "optim")
+    _choice(cfg.loss.name, LOSSES, "loss")
+    _choice(cfg.amp, ("auto", "bf16", "fp16", "off"), "amp")
+    _choice(str(cfg.channels_last).lower(), ("auto", "true", "false"), "channels_last")
+    _choice(cfg.test_on, ("best", "last"), "test_on")
+    _choice(cfg.data.pipeline, ("cached", "pil"), "data.pipeline")
+    _choice(str(cfg.resume).lower(), ("auto", "true", "false"), "resume")
+    rules = [
+        (cfg.lr > 0, f"lr must be > 0 (got {cfg.lr}); e.g. lr=0.001"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1 (got {cfg.batch_size}); e.g. batch_size=16"),
+        (cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); e.g. epochs=10"),
+        (cfg.workers >= 0, f"workers must be >= 0 (got {cfg.workers})"),
+        (0.0 <= cfg.model.dropout < 1.0, f"model.dropout must be in [0, 1) (got {cfg.model.dropout})"),
+        (0.0 <= cfg.aug.hflip <= 1.0, f"aug.hflip is a probability in [0, 1] (got {cfg.aug.hflip})"),
+        (cfg.aug.crop >= 8 and cfg.aug.resize >= cfg.aug.crop,
+         f"aug.crop must be >= 8 and <= aug.resize (got crop={cfg.aug.crop}, resize={cfg.aug.resize})"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise AnimalclsError(message)
+    split = list(cfg.data.split)
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
+        raise AnimalclsError(f"data.split must be three fractions train,val,test that add up to 1 "
+                             f"(got {split}); e.g. data.split=[0.85,0.05,0.10]")
+    if cfg.model.name != "base" and (cfg.model.batch_norm or cfg.model.dropout):
+        raise AnimalclsError("model.batch_norm and model.dropout apply to the base CNN only "
+                             f"(model={cfg.model.name}); drop them or use model=base.")
+
+
+# Keys that change what a run measures; everything else (paths, workers, tags) does not.
+RUN_ID_KEYS = ("model", "optim", "loss", "aug", "lr", "batch_size", "epochs", "seed", "amp",
+               "channels_last")
+
+
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
+                else cfg[k] for k in RUN_ID_KEYS}
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    settings["data"] = {"name": data["name"], "root": data["root"], "split": data["split"]}
+    return settings
+
+
+def run_id(cfg: DictConfig) -> str:
+    """A short stable hash of what the run measures, so a sweep can skip what is already done."""
+    blob = json.dumps(run_settings(cfg), sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,166 @@
+"""The one training loop, for every model, on CPU or CUDA: train_one_epoch, evaluate, fit.
+
+The engine knows nothing about configs, paper tables or files beyond its checkpoint callback: it
+takes a model, batch iterators of uint8 images, an augmenter and an optimizer.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+
+from animalcls.metrics import TopKMeter
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Raised inside the loop when a stop was requested (Ctrl-C, SIGTERM)."""
+
+
+@dataclass
+class StepSettings:
+    device: torch.device
+    precision: str = "fp32"            # fp32 | bf16 | fp16
+    stop: threading.Event = field(default_factory=threading.Event)
+    progress: bool = True               # a tqdm bar when stderr is a terminal
+
+    def autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+def _bar(batches, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, total=len(batches), desc=desc, unit="batch", leave=False,
+                disable=None if enabled else True, dynamic_ncols=True)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.Module,
+                    optimizer: torch.optim.Optimizer, settings: StepSettings,
+                    scaler: Optional[torch.amp.GradScaler] = None, desc: str = "train") -> dict:
+    """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite."""
+    model.train()
+    meter = TopKMeter((1,))
+    start = time.perf_counter()
+    for images, labels in _bar(batches, desc, settings.progress):
+        if settings.stop.is_set():
+            raise Interrupted()
+        inputs = augment(images)
+        with settings.autocast():
+            logits = model(inputs)
+            loss = criterion(logits.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        meter.update(logits, labels, loss)
+    _synchronize(settings.device)
+    seconds = time.perf_counter() - start
+    count = meter.count
+    return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "seconds": seconds,
+            "images_per_s": count / max(seconds, 1e-9), "finite": math.isfinite(meter.loss)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches, augment: Callable, criterion: nn.Module, settings: StepSettings,
+             keep_outputs: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Loss and top-1/3/5 over the batches; optionally the logits and labels, for predictions.
+
+    `reduce` sums the meter's raw counts across processes (DDP), so every rank reports the metrics
+    of the whole set.
+    """
+    model.eval()
+    meter = TopKMeter()
+    outputs, targets = [], []
+    for images, labels in _bar(batches, "eval", settings.progress):
+        with settings.autocast():
+            logits = model(augment(images)).float()
+        meter.update(logits, labels, criterion(logits, labels))
+        if keep_outputs:
+            outputs.append(logits.cpu())
+            targets.append(labels.cpu())
+    if reduce is not None:
+        meter.load_state(reduce(meter.state()))
+    result = {"loss": meter.loss, **{f"top{k}": meter.accuracy(k) for k in meter.ks}}
+    if keep_outputs:
+        return result, torch.cat(outputs), torch.cat(targets)
+    return result
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    status: str                 # ok | diverged
+    best_epoch: int
+    best_val_top1: float
+    train_seconds: float
+
+
+def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, eval_augment: Callable,
+        criterion: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings, epochs: int,
+        start_epoch: int = 0, history: Iterable[dict] = (), best_val_top1: float = -1.0,
+        on_epoch_end: Callable[[int, list[dict], bool], None] | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+    """Train for `epochs` (continuing at `start_epoch`), validating after each epoch.
+
+    `on_epoch_end(epoch, history, is_best)` saves checkpoints and the history; a non-finite
+    training loss ends the run early as `diverged`.
+    """
+    history = list(history)
+    scaler = torch.amp.GradScaler(settings.device.type) if settings.precision == "fp16" else None
+    best_epoch = max((h["epoch"] for h in history if h["val_top1"] == best_val_top1), default=0)
+    status = "ok"
+    for epoch in range(start_epoch + 1, epochs + 1):
+        train_batches.set_epoch(epoch)
+        stats = train_one_epoch(model, train_batches, train_augment, criterion, optimizer, settings,
+                                scaler, desc=f"epoch {epoch}/{epochs}")
+        val = evaluate(model, val_batches, eval_augment, criterion, settings, reduce=reduce)
+        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_top1": stats["train_top1"],
+               "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
+               "val_top5": val["top5"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+        history.append(row)
+        is_best = stats["finite"] and val["top1"] > best_val_top1
+        if is_best:
+            best_val_top1, best_epoch = val["top1"], epoch
+        _log_epoch(row, epochs, history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history, is_best)
+        if not stats["finite"]:
+            log.warning("training loss is %s at epoch %d: the run diverged; stopping early",
+                        stats["train_loss"], epoch)
+            status = "diverged"
+            break
+    return FitResult(history, status, best_epoch, best_val_top1, sum(h["seconds"] for h in history))
+
+
+def _log_epoch(row: dict, epochs: int, history: list[dict]) -> None:
+    mean_seconds = sum(h["seconds"] for h in history) / len(history)
+    eta = mean_seconds * (epochs - row["epoch"])
+    log.info("epoch %d/%d  train loss %.4f top1 %.2f%%  val loss %.4f top1 %.2f%% top5 %.2f%%  "
+             "%.0f img/s  %.1fs  ETA %s", row["epoch"], epochs, row["train_loss"], row["train_top1"],
+             row["val_loss"], row["val_top1"], row["val_top5"], row["images_per_s"], row["seconds"],
+             time.strftime("%H:%M:%S", time.gmtime(eta)))
+    if sys.stderr.isatty():
+        sys.stderr.flush()

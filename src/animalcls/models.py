@@ -1,0 +1,121 @@
+"""Model registry: a name -> a builder. The paper's base CNN and torchvision models with a new head."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from animalcls.errors import AnimalclsError
+
+log = logging.getLogger(__name__)
+
+
+class BaseCNN(nn.Module):
+    """The paper's base model (Section 1.4): 4 conv + ReLU + 2x2 max-pool, then one linear layer.
+
+    At 112 px the feature map is 128 x 5 x 5 = 3,200, as in the paper. `batch_norm` adds the
+    paper's "3 extra batch-norm layers"; the paper does not say where, so we put them after conv1,
+    conv2 and conv3 (before each ReLU). `dropout` > 0 adds one Dropout before fc1. The output is
+    log_softmax, as in the paper (cross entropy on log-probabilities gives the same loss).
+    """
+
+    def __init__(self, num_classes: int, batch_norm: bool = False, dropout: float = 0.0,
+                 input_size: int = 112) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 5)
+        self.conv2 = nn.Conv2d(64, 128, 3)
+        self.conv3 = nn.Conv2d(128, 128, 3)
+        self.conv4 = nn.Conv2d(128, 128, 3)
+        norm = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        self.bn1, self.bn2, self.bn3 = norm(64), norm(128), norm(128)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc1 = nn.Linear(128 * self.feature_side(input_size) ** 2, num_classes)
+
+    @staticmethod
+    def feature_side(size: int) -> int:
+        for kernel in (5, 3, 3, 3):
+            size = (size - kernel + 1) // 2
+        if size < 1:
+            raise AnimalclsError("the base CNN needs inputs of at least 46 px (aug.crop)")
+        return size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        x = F.max_pool2d(F.relu(self.bn3(self.conv3(x))), 2)
+        x = F.max_pool2d(F.relu(self.conv4(x)), 2)
+        x = self.dropout(torch.flatten(x, 1))
+        return F.log_softmax(self.fc1(x), dim=1)
+
+
+def _replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
+    if name.startswith("resnet"):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif name == "mobilenet_v2":
+        model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
+    else:  # mobilenet_v3_*
+        model.classifier[3] = nn.Linear(model.classifier[3].in_features, num_classes)
+    return model
+
+
+def _imagenet_weights(name: str):
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name).DEFAULT
+
+
+def _load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> None:
+    """ImageNet weights from a local file, or torchvision's weights API (the torch hub cache)."""
+    if weights_file:
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise AnimalclsError(f"model.weights={weights_file}: no such file. Give the path of a "
+                                 f"torchvision ImageNet state dict for {name}.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        weights = _imagenet_weights(name)
+        filename = Path(weights.url).name
+        target = Path(torch.hub.get_dir()) / "checkpoints" / filename
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=False)
+        except Exception as exc:  # offline: URLError, socket errors, HTTP errors
+            raise AnimalclsError(
+                f"could not get the ImageNet weights for {name} ({type(exc).__name__}: {exc}). "
+                f"This machine may be offline: download {weights.url} elsewhere and place it at "
+                f"{target}, or pass model.weights=/path/to/{filename}, or train from scratch with "
+                f"model.pretrained=false.") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise AnimalclsError(f"the weights do not fit {name}: {str(exc).splitlines()[0]}") from None
+
+
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, pretrained: bool = True, weights: str | None = None, **_: object) -> nn.Module:
+        from torchvision.models import get_model
+
+        model = get_model(name, weights=None)
+        if pretrained or weights:
+            _load_pretrained(model, name, weights)
+        return _replace_head(model, name, num_classes)
+    return build
+
+
+def _base_builder(num_classes: int, batch_norm: bool = False, dropout: float = 0.0,
+                  input_size: int = 112, **_: object) -> nn.Module:
+    return BaseCNN(num_classes, batch_norm=batch_norm, dropout=dropout, input_size=input_size)
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {"base": _base_builder}
+for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
+    REGISTRY[_name] = _torchvision_builder(_name)
+
+
+def create_model(name: str, num_classes: int, **options: object) -> nn.Module:
+    if name not in REGISTRY:
+        raise AnimalclsError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")
+    return REGISTRY[name](num_classes, **options)

@@ -1,0 +1,101 @@
+"""The results table: one row per run, appended atomically under a file lock, read back tolerantly.
+
+A row is written with a single O_APPEND write while holding `<table>.lock`, so parallel jobs never
+interleave. A crash can still leave a torn last line (power loss, kill -9 mid-write on some
+filesystems): `load` reports and ignores it, and `append_row` starts the next row on a fresh line.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [
+    "run_id", "status", "timestamp",
+    "model", "pretrained", "optimizer", "lr", "batch_size", "epochs", "loss", "aug",
+    "batch_norm", "dropout", "seed", "data", "precision",
+    "val_top1", "val_top3", "val_top5", "test_top1", "test_top3", "test_top5",
+    "gmacs_fvcore", "gflops", "params", "train_seconds", "images_per_s", "epochs_done",
+    "skipped_files", "device", "versions", "git_commit", "run_dir", "paper_config", "tags", "error",
+]
+STATUSES = ("ok", "diverged", "failed", "interrupted")
+
+
+def _format_line(row: Mapping[str, Any]) -> str:
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown results columns: {sorted(unknown)}")
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        ["" if row.get(c) is None else row.get(c) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def _lock(path: Path) -> FileLock:
+    return FileLock(str(path) + ".lock", timeout=120)
+
+
+def append_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
+    """Append one row (creating the table with its header if needed); never tears earlier rows."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = _format_line(row)
+    with _lock(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            prefix = ""
+            if size == 0:
+                prefix = ",".join(COLUMNS) + "\n"
+            else:
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":   # a torn last line: keep it on its own line
+                    prefix = "\n"
+            os.write(fd, (prefix + line).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load(path: str | os.PathLike, warn: bool = True):
+    """Read one table (or several, merged) as a DataFrame; torn or malformed lines are skipped."""
+    import pandas as pd
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    frames = []
+    for p in map(Path, paths):
+        if not p.exists() or p.stat().st_size == 0:
+            if warn:
+                log.warning("results table %s is missing or empty", p)
+            continue
+        bad: list[list[str]] = []
+
+        def keep_bad(fields: list[str]) -> None:
+            bad.append(fields)
+            return None
+
+        frame = pd.read_csv(p, dtype={"run_id": str, "tags": str, "paper_config": str},
+                            keep_default_na=True, on_bad_lines=keep_bad, engine="python")
+        if "status" in frame:
+            torn = ~frame["status"].isin(STATUSES)
+            if torn.any():
+                bad.extend([["<row>"]] * int(torn.sum()))
+                frame = frame[~torn]
+        for fields in bad:
+            log.warning("%s: ignored a torn or malformed line (%s...)", p, ",".join(map(str, fields))[:60])
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def has_ok_row(path: str | os.PathLike, run_id: str) -> bool:
+    table = load(path, warn=False)
+    return bool(((table["run_id"] == run_id) & (table["status"] == "ok")).any()) if len(table) else False
