@@ -92,6 +92,8 @@ def _run_command(command: str, args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _exit_code
+    _exit_code = 0
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
