@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,14 @@ def load_checkpoint(path: str) -> dict[str, Any]:
         raise AnimalclsError(f"checkpoint {path} does not exist; runs keep best.pt and last.pt in their run dir.")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise AnimalclsError(f"refused to load {path}: it holds Python objects that could run code when "
-                             f"loaded, which checkpoints never need ({str(exc).splitlines()[0][:120]}).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:   # torch raises many types for truncated or foreign files
+        first_line = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
+            detail = next((l for l in str(exc).splitlines() if "Unsupported" in l), first_line).strip()
+            raise AnimalclsError(f"refused to load {path}: it holds Python objects that could run code "
+                                 f"when loaded, which checkpoints never need ({detail[:160]}).") from None
         raise AnimalclsError(f"{path} is not a readable checkpoint (truncated or another format: "
-                             f"{str(exc).splitlines()[0][:120]}).") from None
+                             f"{type(exc).__name__}: {first_line}).") from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
         raise AnimalclsError(f"{path} is not an animalcls checkpoint (no model and meta entries); "
                              f"use the best.pt or last.pt of an animalcls run dir.")

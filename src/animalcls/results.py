@@ -11,7 +11,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from filelock import FileLock
 
@@ -64,7 +64,23 @@ def append_row(path: str | os.PathLike, row: Mapping[str, Any]) -> None:
             os.close(fd)
 
 
-def load(path: str | os.PathLike, warn: bool = True):
+def _intact_lines(path: Path) -> tuple[str, list[str]]:
+    """The header and every data line with the header's field count; the others are reported."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines(keepends=True)
+    header, kept = lines[0], []
+    names = next(csv.reader([header]))
+    width, status = len(names), names.index("status") if "status" in names else None
+    for number, line in enumerate(lines[1:], start=2):
+        fields = next(csv.reader([line]), [])
+        if len(fields) == width and (status is None or fields[status] in STATUSES):
+            kept.append(line if line.endswith("\n") else line + "\n")
+        elif line.strip():
+            log.warning("%s:%d: ignored a torn or malformed line (%s...)", path, number, line.strip()[:60])
+    return header, kept
+
+
+def load(path: str | os.PathLike | Iterable[str | os.PathLike], warn: bool = True):
     """Read one table (or several, merged) as a DataFrame; torn or malformed lines are skipped."""
     import pandas as pd
 
@@ -75,22 +91,9 @@ def load(path: str | os.PathLike, warn: bool = True):
             if warn:
                 log.warning("results table %s is missing or empty", p)
             continue
-        bad: list[list[str]] = []
-
-        def keep_bad(fields: list[str]) -> None:
-            bad.append(fields)
-            return None
-
-        frame = pd.read_csv(p, dtype={"run_id": str, "tags": str, "paper_config": str},
-                            keep_default_na=True, on_bad_lines=keep_bad, engine="python")
-        if "status" in frame:
-            torn = ~frame["status"].isin(STATUSES)
-            if torn.any():
-                bad.extend([["<row>"]] * int(torn.sum()))
-                frame = frame[~torn]
-        for fields in bad:
-            log.warning("%s: ignored a torn or malformed line (%s...)", p, ",".join(map(str, fields))[:60])
-        frames.append(frame)
+        header, lines = _intact_lines(p)
+        frames.append(pd.read_csv(io.StringIO(header + "".join(lines)),
+                                  dtype={"run_id": str, "tags": str, "paper_config": str}))
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     return pd.concat(frames, ignore_index=True)
