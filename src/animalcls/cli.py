@@ -6,6 +6,7 @@ expect); the other subcommands compose the same configs without creating a run d
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,10 +21,10 @@ commands:
   report    paper tables and figures from the results table: animalcls report [results=PATH] [out=DIR]
 
 `animalcls train --help` lists the config groups and options; `animalcls train --cfg job` prints the
-resolved config. Exit status: 0 ok, 1 a run failed, 2 bad input.
+resolved config. Exit status: 0 ok, 1 a run failed or diverged, 2 bad input, 130 interrupted (run it again to resume).
 """
 
-EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 _exit_code = 0
 
 
@@ -42,27 +43,36 @@ def _train_app() -> int:
     register_schema()
 
     @hydra.main(version_base="1.3", config_path="pkg://animalcls.conf", config_name="config")
-    def train(cfg: DictConfig) -> float | None:
+    def train(cfg: DictConfig) -> float:
+        """Returns the val top-1 (what Optuna maximises): NaN for a failed run (Optuna marks
+        the trial failed and goes on), the recorded value for a run skipped as done."""
         from animalcls.errors import AnimalclsError
-        from animalcls.run import run_training
+        from animalcls.run import recorded_val_top1, run_training
 
         log = logging.getLogger("animalcls")
         try:
             row = run_training(cfg, Path(HydraConfig.get().runtime.output_dir))
         except AnimalclsError as exc:
+            if os.environ.get("ANIMALCLS_DEBUG"):
+                raise
             log.error("error: %s", exc)
             _fail(EXIT_BAD_INPUT)
-            return None
+            return float("nan")
         except Exception:   # recorded as a failed row; a sweep goes on with the next job
             log.exception("the run failed")
             _fail(EXIT_FAILED)
-            return None
+            return float("nan")
         if row is None:
-            return None
+            return recorded_val_top1(cfg)
+        if row["status"] == "interrupted":   # Ctrl-C / SIGTERM ends the whole sweep, cleanly
+            sys.exit(EXIT_INTERRUPTED)
         if row["status"] != "ok":
             _fail(EXIT_FAILED)
-        return row.get("val_top1")   # what Optuna maximises
+        value = row.get("val_top1")
+        return float("nan") if value is None else float(value)
 
+    from animalcls.distributed import with_rank_overrides
+    sys.argv = with_rank_overrides(sys.argv)   # torchrun ranks > 0 write no run dir or log
     train()
     return _exit_code
 
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         sys.exit(_run_command(command, args))
     except AnimalclsError as exc:
+        if os.environ.get("ANIMALCLS_DEBUG"):
+            raise
         print(f"animalcls {command}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:

@@ -71,6 +71,16 @@ def ensure_demo_data(root: str | Path, images_per_class: int = IMAGES_PER_CLASS,
     marker = root / MARKER
     if marker.exists():
         return root
+    from filelock import FileLock
+
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".generate.lock"), timeout=600):   # parallel jobs: one generates
+        if not marker.exists():
+            _generate(root, marker, images_per_class, seed)
+    return root
+
+
+def _generate(root: Path, marker: Path, images_per_class: int, seed: int) -> None:
     log.info("generating the demo data set under %s (%d classes x %d images)", root,
              len(CLASSES), images_per_class)
     for index, (name, (shape, colour, texture)) in enumerate(CLASSES.items()):
@@ -83,4 +93,3 @@ def ensure_demo_data(root: str | Path, images_per_class: int = IMAGES_PER_CLASS,
                 image = image.convert("L")
             image.save(folder / f"{name}_{i:03d}.jpg", quality=90)
     marker.write_text("complete\n")
-    return root

@@ -54,8 +54,13 @@ def _synchronize(device: torch.device) -> None:
 
 def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, settings: StepSettings,
-                    scaler: Optional[torch.amp.GradScaler] = None, desc: str = "train") -> dict:
-    """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite."""
+                    scaler: Optional[torch.amp.GradScaler] = None, desc: str = "train",
+                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite.
+
+    With `reduce` (DDP) the loss, top-1 and images/s are those of all processes together, so every
+    rank takes the same decision on a diverged run.
+    """
     model.train()
     meter = TopKMeter((1,))
     start = time.perf_counter()
@@ -76,6 +81,8 @@ def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.
             optimizer.step()
         meter.update(logits, labels, loss)
     _synchronize(settings.device)
+    if reduce is not None:
+        meter.load_state(reduce(meter.state()))
     seconds = time.perf_counter() - start
     count = meter.count
     return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "seconds": seconds,
@@ -121,8 +128,12 @@ def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, e
         criterion: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings, epochs: int,
         start_epoch: int = 0, history: Iterable[dict] = (), best_val_top1: float = -1.0,
         on_epoch_end: Callable[[int, list[dict], bool], None] | None = None,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        eval_model: nn.Module | None = None) -> FitResult:
     """Train for `epochs` (continuing at `start_epoch`), validating after each epoch.
+
+    `eval_model` validates instead of `model` (DDP: the unwrapped module, so that evaluation on
+    uneven shards runs no collective but `reduce`).
 
     `on_epoch_end(epoch, history, is_best)` saves checkpoints and the history; a non-finite
     training loss ends the run early as `diverged`.
@@ -134,8 +145,9 @@ def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, e
     for epoch in range(start_epoch + 1, epochs + 1):
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(model, train_batches, train_augment, criterion, optimizer, settings,
-                                scaler, desc=f"epoch {epoch}/{epochs}")
-        val = evaluate(model, val_batches, eval_augment, criterion, settings, reduce=reduce)
+                                scaler, desc=f"epoch {epoch}/{epochs}", reduce=reduce)
+        val = evaluate(model if eval_model is None else eval_model, val_batches, eval_augment, criterion,
+                       settings, reduce=reduce)
         row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_top1": stats["train_top1"],
                "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
                "val_top5": val["top5"], "lr": optimizer.param_groups[0]["lr"],

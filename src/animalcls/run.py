@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls import results
+from animalcls import distributed, results
 from animalcls.augment import DeviceAugment
 from animalcls.config import run_id, validate
 from animalcls.data import (Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, manifest,
@@ -128,7 +128,8 @@ def prepare_data(cfg: DictConfig) -> Prepared:
 def make_batches(cfg: DictConfig, prepared: Prepared, part: str, device: torch.device, train: bool,
                  rank: int = 0, world_size: int = 1):
     index = prepared.split[part]
-    batch_size = cfg.batch_size if train else (cfg.eval_batch_size or 4 * cfg.batch_size)
+    # under DDP a training step of batch_size images is split across the ranks (batch_size / N each)
+    batch_size = cfg.batch_size // world_size if train else (cfg.eval_batch_size or 4 * cfg.batch_size)
     if prepared.images is None:
         return PILBatches(prepared.data, index, cfg.aug, train, batch_size, device, cfg.workers,
                           cfg.seed, rank, world_size)
@@ -243,46 +244,75 @@ def find_resume_state(cfg: DictConfig, rid: str) -> dict | None:
 
 # ---------------------------------------------------------------- the run
 
+def recorded_val_top1(cfg: DictConfig) -> float:
+    """The val top-1 of this configuration's latest ok row (what a skipped run reports to Optuna)."""
+    table = results.load(cfg.results, warn=False)
+    if not len(table):
+        return float("nan")
+    done = table[(table["run_id"] == run_id(cfg)) & (table["status"] == "ok")]
+    return float(done["val_top1"].iloc[-1]) if len(done) else float("nan")
+
+
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Train, validate and test one configuration; returns the results row (None if skipped)."""
+    """Train, validate and test one configuration; returns the results row (None if skipped).
+
+    Under torchrun every rank calls this; rank 0 decides and writes (see animalcls.distributed).
+    """
     validate(cfg)
     rid = run_id(cfg)
-    if not cfg.force and results.has_ok_row(cfg.results, rid):
+    ctx = distributed.setup(resolve_device(cfg.device), cfg.device)
+    if ctx.enabled and cfg.batch_size % ctx.world_size:
+        raise AnimalclsError(f"batch_size={cfg.batch_size} is the images per optimizer step over all "
+                             f"{ctx.world_size} processes and must divide evenly among them; e.g. "
+                             f"batch_size={ctx.world_size * max(1, cfg.batch_size // ctx.world_size)}.")
+    run_dir = Path(ctx.from_main(lambda: str(run_dir)))   # every rank agrees on rank 0's run dir
+    if ctx.from_main(lambda: not cfg.force and results.has_ok_row(cfg.results, rid)):
         log.info("skipping: run %s already has an ok row in %s (force=true re-runs it)", rid, cfg.results)
         return None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     prepared = prepare_data(cfg)
-    manifest(prepared.data, prepared.split).to_csv(run_dir / "split.csv", index=False)
+    if ctx.enabled and len(prepared.split["test"]) < ctx.world_size:
+        raise AnimalclsError(f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
+                             f"every process needs at least one; use fewer processes or more data.")
+    if ctx.is_main:
+        manifest(prepared.data, prepared.split).to_csv(run_dir / "split.csv", index=False)
     num_classes = len(prepared.data.classes)
     model = build_model(cfg, num_classes)
-    cost = _profile(model, cfg.aug.crop)
-    state = find_resume_state(cfg, rid)
+    cost = _profile(model, cfg.aug.crop) if ctx.is_main else {}
+    state = ctx.from_main(lambda: find_resume_state(cfg, rid))
     pointer = resume_pointer(cfg, rid)
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(run_dir.resolve()))
+    if ctx.is_main:
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(str(run_dir.resolve()))
 
-    row = {"run_id": rid, **settings_row(cfg), **cost, "device": str(device), "versions": versions(),
+    row = {"run_id": rid, **settings_row(cfg), **cost, "device": ctx.describe(), "versions": versions(),
            "git_commit": git_commit(), "run_dir": str(run_dir), "skipped_files": len(prepared.skipped)}
     stop = threading.Event()
     with stop_on_signals(stop):
         try:
-            outcome = _train_and_test(cfg, run_dir, prepared, model, device, stop, state, row)
+            outcome = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, row)
         except Interrupted:
             log.warning("interrupted: state of the last complete epoch is in %s; run the same command "
                         "again to resume", run_dir / "last.pt")
             row.update(status="interrupted")
-            _record(cfg, row)
+            if ctx.is_main:   # the other ranks train and evaluate, and record nothing
+                _record(cfg, row)
             return row
-        except AnimalclsError:
+        except AnimalclsError:   # bad input found late (e.g. weights): a message, no row
+            if ctx.is_main:
+                pointer.unlink(missing_ok=True)
             raise
         except Exception as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            _record(cfg, row)
-            pointer.unlink(missing_ok=True)
+            if ctx.is_main:
+                _record(cfg, row)
+                pointer.unlink(missing_ok=True)
             raise
     row.update(outcome)
+    if not ctx.is_main:
+        return row
     _record(cfg, row)
     pointer.unlink(missing_ok=True)
     log.info("run dir: %s", run_dir)
@@ -304,8 +334,9 @@ def _record(cfg: DictConfig, row: dict[str, Any]) -> None:
 
 
 def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: torch.nn.Module,
-                    device: torch.device, stop: threading.Event, state: dict | None,
+                    ctx: distributed.Context, stop: threading.Event, state: dict | None,
                     row: dict[str, Any]) -> dict[str, Any]:
+    device = ctx.device
     precision = choose_precision(cfg.amp, device, cfg.model.name)
     channels_last = choose_channels_last(cfg.channels_last, device)
     row["precision"] = precision
@@ -320,14 +351,21 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
-        write_history(run_dir, history)
-        if (Path(state["resumed_from"]) / "best.pt").exists():
-            shutil.copyfile(Path(state["resumed_from"]) / "best.pt", run_dir / "best.pt")
-    trained = torch.compile(model) if cfg.compile else model
-    settings = StepSettings(device, precision, stop)
-    train = make_batches(cfg, prepared, "train", device, train=True)
-    val = make_batches(cfg, prepared, "val", device, train=False)
-    test = make_batches(cfg, prepared, "test", device, train=False)
+        if ctx.is_main:
+            write_history(run_dir, history)
+            if (Path(state["resumed_from"]) / "best.pt").exists():
+                shutil.copyfile(Path(state["resumed_from"]) / "best.pt", run_dir / "best.pt")
+    if ctx.rank > 0:   # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
+        torch.manual_seed(cfg.seed + 7919 * ctx.rank + start_epoch)
+    trained = ctx.wrap(model)   # DDP across ranks; checkpoints save the unwrapped `model`
+    trained = torch.compile(trained) if cfg.compile else trained
+    settings = StepSettings(device, precision, stop, progress=ctx.is_main)
+    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
+    train = make_batches(cfg, prepared, "train", device, train=True, **shard)
+    train = ctx.even_steps(train, len(prepared.split["train"]), cfg.batch_size // ctx.world_size)
+    val = make_batches(cfg, prepared, "val", device, train=False, **shard)
+    test = make_batches(cfg, prepared, "test", device, train=False, **shard)
+    reduce = ctx.sum if ctx.enabled else None
     train_aug = DeviceAugment(cfg.aug, train=cfg.data.pipeline == "cached", channels_last=channels_last)
     eval_aug = DeviceAugment(cfg.aug, train=False, channels_last=channels_last)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": prepared.data.classes,
@@ -346,11 +384,16 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
         write_history(run_dir, hist)
 
     result = fit(trained, train, val, train_aug, eval_aug, criterion, optimizer, settings, cfg.epochs,
-                 start_epoch, history, best, on_epoch_end)
-    if cfg.test_on == "best" and (run_dir / "best.pt").exists():
+                 start_epoch, history, best, on_epoch_end if ctx.is_main else None, reduce=reduce,
+                 eval_model=model if ctx.enabled else None)
+    if cfg.test_on == "best" and ctx.is_main and (run_dir / "best.pt").exists():
         model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True)["model"])
-    test_metrics, logits, targets = evaluate(model, test, eval_aug, criterion, settings, keep_outputs=True)
-    write_predictions(run_dir, prepared, logits, targets)
+    ctx.broadcast_module(model)   # the other ranks test rank 0's weights too
+    test_metrics, logits, targets = evaluate(model, test, eval_aug, criterion, settings, keep_outputs=True,
+                                             reduce=reduce)
+    logits, targets = ctx.gather_shards(logits), ctx.gather_shards(targets)   # None on ranks > 0
+    if ctx.is_main:
+        write_predictions(run_dir, prepared, logits, targets)
     last = result.history[-1]
     best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
     val_row = best_row if cfg.test_on == "best" else last
@@ -365,5 +408,6 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
     }
     metrics = {**row, **outcome, "best_epoch": result.best_epoch, "test_loss": test_metrics["loss"],
                "classes": prepared.data.classes, "skipped": [list(s) for s in prepared.skipped]}
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    if ctx.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     return outcome
