@@ -18,16 +18,26 @@ class DeviceAugment:
         self.mean = torch.tensor(list(aug.mean)).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(list(aug.std)).view(1, 3, 1, 1) * 255.0
         self.channels_last = channels_last
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # copied to the device once: a per-batch host-to-device copy would synchronise CUDA
+        if device not in self._stats:
+            self._stats[device] = (self.mean.to(device), self.std.to(device))
+        return self._stats[device]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float()
+        # Few passes over the batch, as each is a kernel launch on CUDA and a thread-pool round on
+        # the CPU: flip the uint8 pixels (a quarter of the bytes), convert to float in the
+        # model's memory format in one copy, then normalise in place.
         if self.hflip > 0:
-            x = flip_random(x, self.hflip)
+            images = flip_random(images, self.hflip)
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        x = images.to(torch.float32, memory_format=layout, copy=True)
         if self.rotation > 0:
-            x = rotate_random(x, self.rotation)
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        x = (x - mean) / std   # ToTensor's /255 folded into mean and std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+            x = rotate_random(x, self.rotation).contiguous(memory_format=layout)
+        mean, std = self._mean_std(x.device)
+        return x.sub_(mean).div_(std)   # ToTensor's /255 folded into mean and std
 
 
 def flip_random(x: torch.Tensor, p: float) -> torch.Tensor:

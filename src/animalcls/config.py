@@ -65,6 +65,19 @@ class DataConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`animalcls bench` only: how much to measure (never part of a run id)."""
+    batches: int = 8                  # timed training batches per measurement
+    warmup: int = 2                   # untimed batches before each measurement
+    eval_batches: int = 4             # timed evaluation batches
+    rounds: int = 1                   # limit, engine and old path measured alternately this often, pooled
+    statistic: str = "auto"           # img/s from: median | total | auto (median on CPU, total on CUDA)
+    pil: bool = True                  # also measure the old `data.pipeline=pil` path
+    cold: bool = True                 # also decode from scratch into a temporary cache dir
+    out: str = ""                     # JSON path; "" = outputs/bench/<model>-<device>.json
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -89,6 +102,7 @@ class Config:
     paper_config: str = ""
     ckpt: str = ""
     images: List[str] = field(default_factory=list)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def register_schema() -> None:

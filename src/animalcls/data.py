@@ -220,11 +220,13 @@ class TensorBatches:
         return len(range(self.rank, self.labels.shape[0], self.world_size))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self._order()
+        # the epoch's order goes to the images' device once: a blocking copy per batch would
+        # synchronise CUDA every step
+        order = self._order().to(self.images.device)
+        labels_order = order.to(self.labels.device)
         for start in range(0, order.shape[0], self.batch_size):
-            index = order[start:start + self.batch_size]
-            x = self.images.index_select(0, index.to(self.images.device))
-            y = self.labels.index_select(0, index.to(self.labels.device))
+            x = self.images.index_select(0, order[start:start + self.batch_size])
+            y = self.labels.index_select(0, labels_order[start:start + self.batch_size])
             if self.pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
