@@ -102,7 +102,7 @@ def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, preci
                   channels_last: bool) -> dict[str, Any]:
     """Train steps on one random batch that already sits on the device: no data, no augmentation,
     no metrics. The same autocast, loss and optimizer step as engine.train_one_epoch."""
-    from animalcls.engine import StepSettings
+    from animalcls.engine import StepSettings, train_step
 
     model, optimizer, criterion = _fresh_model(cfg, num_classes, device, channels_last)
     model.train()
@@ -114,16 +114,7 @@ def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, preci
     y = torch.randint(0, num_classes, (cfg.batch_size,), device=device)
 
     def step() -> None:
-        with settings.autocast():
-            loss = criterion(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        train_step(model, x, y, criterion, optimizer, settings, scaler)
 
     for _ in range(cfg.bench.warmup):
         step()

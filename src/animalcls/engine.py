@@ -52,6 +52,24 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, settings: StepSettings,
+               scaler: Optional[torch.amp.GradScaler] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward under autocast, backward, optimizer step; returns the logits and the loss."""
+    with settings.autocast():
+        logits = model(inputs)
+        loss = criterion(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return logits, loss
+
+
 def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.Module,
                     optimizer: torch.optim.Optimizer, settings: StepSettings,
                     scaler: Optional[torch.amp.GradScaler] = None, desc: str = "train",
@@ -67,18 +85,7 @@ def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.
     for images, labels in _bar(batches, desc, settings.progress):
         if settings.stop.is_set():
             raise Interrupted()
-        inputs = augment(images)
-        with settings.autocast():
-            logits = model(inputs)
-            loss = criterion(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        logits, loss = train_step(model, augment(images), labels, criterion, optimizer, settings, scaler)
         meter.update(logits, labels, loss)
     _synchronize(settings.device)
     if reduce is not None:
