@@ -82,7 +82,6 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_module
 
     from animalcls.config import register_schema
-
     from animalcls.errors import AnimalclsError
 
     register_schema()
