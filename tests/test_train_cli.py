@@ -133,13 +133,24 @@ def test_nonsensical_values_fail_before_any_work(tmp_path, image_folder, cli, ca
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model=resnet99", "Available options in 'model'"),
-    ("optim=adamw", "Available options in 'optim'"),
+    ("model=resnet99", "model=resnet99 is not a known model; choose one of: base, mobilenet_v2"),
+    ("optim=adamw", "choose one of: adam, sgd, sgd_momentum"),
+    ("loss=hinge", "choose one of: cross_entropy, multi_margin"),
+    ("aug=big", "choose one of: default_112, imagenet_224, rotation_112"),
+    ("data=cifar", "choose one of: animals, demo"),
     ("lr=fast", "could not be converted to Float"),
     ("model.depth=3", "Key 'depth' not in"),
 ])
 def test_unknown_names_and_wrong_types_fail_with_the_options(tmp_path, image_folder, cli, capsys, override, message):
-    assert cli(tiny_train_args(image_folder, override), tmp_path) != 0
+    code = cli(tiny_train_args(image_folder, override), tmp_path)
+    assert code == (2 if "choose one of" in message else 1)
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
+    assert not (tmp_path / "outputs").exists()   # nothing written
+
+
+def test_an_unknown_option_inside_a_sweep_fails_before_any_job(tmp_path, image_folder, cli, capsys):
+    assert cli(["train", "-m", *tiny_train_args(image_folder)[1:], "model=base,resnet99"], tmp_path) == 2
+    assert "model=resnet99 is not a known model" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists()

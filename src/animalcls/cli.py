@@ -71,6 +71,14 @@ def _train_app() -> int:
         value = row.get("val_top1")
         return float("nan") if value is None else float(value)
 
+    from animalcls.config import check_group_choices
+    from animalcls.errors import AnimalclsError
+    try:
+        check_group_choices(sys.argv[1:])
+    except AnimalclsError as exc:
+        print(f"animalcls train: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
     from animalcls.distributed import with_rank_overrides
     sys.argv = with_rank_overrides(sys.argv)   # torchrun ranks > 0 write no run dir or log
     train()

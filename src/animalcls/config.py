@@ -105,6 +105,31 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
+GROUPS = ("model", "optim", "loss", "aug", "data")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the YAML files shipped in animalcls.conf/<group>/."""
+    from importlib.resources import files
+
+    folder = files("animalcls.conf") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Unknown group options (`model=resnet99`, also inside a sweep `model=a,b`) fail before Hydra
+    starts, with one line naming the options, instead of Hydra's search-path dump."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS or value.startswith(("${", "choice(", "range(", "glob(")):
+            continue
+        options = group_options(key)
+        for choice in (v.strip() for v in value.strip("[]").split(",")):
+            if choice and choice not in options:
+                raise AnimalclsError(f"{key}={choice} is not a known {key}; choose one of: "
+                                     f"{', '.join(options)} (e.g. `{key}={options[0]}`).")
+
+
 def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
