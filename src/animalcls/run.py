@@ -103,12 +103,17 @@ class Prepared:
     images: torch.Tensor | None   # the decode-once cache (None for the PIL pipeline)
 
 
-def prepare_data(cfg: DictConfig) -> Prepared:
-    """Scan, split by seed, then find unreadable files (skipped, or fatal with data.strict)."""
+def scan_data(cfg: DictConfig) -> Dataset:
+    """The data set's files and classes (generating the demo set on first use); cheap, no decoding."""
     if cfg.data.name == "demo":
         from animalcls.demo import ensure_demo_data
         ensure_demo_data(cfg.data.root)
-    data = scan(cfg.data.root)
+    return scan(cfg.data.root)
+
+
+def prepare_data(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
+    """Scan, split by seed, then find unreadable files (skipped, or fatal with data.strict)."""
+    data = scan_data(cfg) if data is None else data
     split = split_indices(len(data.paths), list(cfg.data.split), cfg.seed)
     if cfg.data.pipeline == "cached":
         images, skipped = load_cache(data, cfg.aug.resize, cfg.aug.crop, cfg.data.cache_dir, cfg.workers)
@@ -276,14 +281,14 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    prepared = prepare_data(cfg)
+    data = scan_data(cfg)
+    model = build_model(cfg, len(data.classes))   # before decoding: missing weights fail fast
+    prepared = prepare_data(cfg, data)
     if ctx.enabled and len(prepared.split["test"]) < ctx.world_size:
         raise AnimalclsError(f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
                              f"every process needs at least one; use fewer processes or more data.")
     if ctx.is_main:
         manifest(prepared.data, prepared.split).to_csv(run_dir / "split.csv", index=False)
-    num_classes = len(prepared.data.classes)
-    model = build_model(cfg, num_classes)
     cost = _profile(model, cfg.aug.crop) if ctx.is_main else {}
     state = ctx.from_main(lambda: find_resume_state(cfg, rid))
     pointer = resume_pointer(cfg, rid)
