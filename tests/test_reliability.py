@@ -209,45 +209,58 @@ def _final_metrics(cwd: Path) -> dict:
             "losses": history["train_loss"].round(6).tolist()}
 
 
-def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
+def _uninterrupted(tmp_path: Path, cli) -> tuple[list[str], dict]:
+    """The arguments of a short run and the final metrics of running it straight through."""
     root = make_image_folder(tmp_path / "images", per_class=30)
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    straight.mkdir(), interrupted.mkdir()
+    straight = tmp_path / "straight"
+    straight.mkdir()
     args = tiny_train_args(root, *RESUME_ARGS)
     assert cli(args, straight) == 0
-    expected = _final_metrics(straight)
+    return args, _final_metrics(straight)
+
+
+def _wait_for_first_checkpoint(cwd: Path) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cwd.glob("outputs/runs/*/*/last.pt")):
+        time.sleep(0.005)
+
+
+def _assert_resumed(cwd: Path) -> None:
+    """The finishing run continued from a saved epoch: a restart would give the same metrics."""
+    run_dir = Path(_table(cwd).query("status == 'ok'").iloc[-1]["run_dir"])
+    assert "resuming from" in (run_dir / "train.log").read_text()
+
+
+def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
+    args, expected = _uninterrupted(tmp_path, cli)
+    interrupted = tmp_path / "interrupted"
+    interrupted.mkdir()
 
     def terminate_after_first_epoch() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline and not list(interrupted.glob("outputs/runs/*/*/last.pt")):
-            time.sleep(0.005)
+        _wait_for_first_checkpoint(interrupted)
         os.kill(os.getpid(), signal.SIGTERM)
 
     watcher = threading.Thread(target=terminate_after_first_epoch)
     watcher.start()
     assert cli(args, interrupted) == 130
     watcher.join()
-    first = _table(interrupted)
-    assert list(first["status"]) == ["interrupted"]
+    assert list(_table(interrupted)["status"]) == ["interrupted"]
     assert cli(args, interrupted) == 0
     assert list(_table(interrupted)["status"]) == ["interrupted", "ok"]
+    _assert_resumed(interrupted)
     assert _final_metrics(interrupted) == expected
 
 
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
-    root = make_image_folder(tmp_path / "images", per_class=30)
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    straight.mkdir(), killed.mkdir()
-    args = tiny_train_args(root, *RESUME_ARGS)
-    assert cli(args, straight) == 0
-    expected = _final_metrics(straight)
+    args, expected = _uninterrupted(tmp_path, cli)
+    killed = tmp_path / "killed"
+    killed.mkdir()
     process = subprocess.Popen([sys.executable, "-m", "animalcls", *args], cwd=killed,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(killed.glob("outputs/runs/*/*/last.pt")):
-        time.sleep(0.005)
+    _wait_for_first_checkpoint(killed)
     process.kill()
     process.wait()
     assert not (killed / "outputs" / "results.csv").exists()   # no row: it never ended
     assert cli(args, killed) == 0
+    _assert_resumed(killed)
     assert _final_metrics(killed) == expected
