@@ -140,3 +140,9 @@ def test_command_line_overrides_win_over_the_row(hydra_conf):
     cfg = compose("config", overrides=["+experiment=paper/table_2_3_4", *jobs[-1]])
     assert cfg.paper_config == "mobilenet_v3_large-sgd-lr1e-1-bs32-e20-ce"
     assert (cfg.epochs, cfg.data.name, cfg.lr, cfg.batch_size) == (1, "demo", 0.1, 32)
+
+
+def test_a_paper_experiment_without_multirun_is_refused(tmp_path, cli, capsys):
+    assert cli(["train", "+experiment=paper/table_2_1_1", "data=demo"], tmp_path) == 2
+    assert "add -m" in capsys.readouterr().err
+    assert not (tmp_path / "outputs" / "results.csv").exists()

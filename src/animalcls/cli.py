@@ -51,6 +51,7 @@ def _train_app() -> int:
 
         log = logging.getLogger("animalcls")
         try:
+            _require_multirun_for_sweeps()
             row = run_training(cfg, Path(HydraConfig.get().runtime.output_dir))
         except AnimalclsError as exc:
             if os.environ.get("ANIMALCLS_DEBUG"):
@@ -83,6 +84,20 @@ def _train_app() -> int:
     sys.argv = with_rank_overrides(sys.argv)   # torchrun ranks > 0 write no run dir or log
     train()
     return _exit_code
+
+
+def _require_multirun_for_sweeps() -> None:
+    """A paper experiment only defines a sweep; without -m Hydra would run the default config once."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from animalcls.errors import AnimalclsError
+
+    hydra_cfg = HydraConfig.get()
+    experiments = [v for k, v in hydra_cfg.runtime.choices.items() if k.startswith("experiment") and v]
+    if hydra_cfg.mode == RunMode.RUN and experiments:
+        raise AnimalclsError(f"+experiment={experiments[0]} is a sweep over a paper table's rows: add -m, "
+                             f"e.g. `animalcls train -m +experiment={experiments[0]}`.")
 
 
 def compose(overrides: list[str]):
