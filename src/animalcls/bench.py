@@ -32,6 +32,8 @@ from typing import Any, Iterator
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from animalcls.engine import synchronize
+
 log = logging.getLogger(__name__)
 
 
@@ -68,11 +70,6 @@ class Capped:
         """(images, seconds) per batch: from handing it out to handing out the next (or `end`)."""
         stamps = self.stamps + [end]
         return [(n, stamps[i + 1] - stamps[i]) for i, n in enumerate(self.sizes)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -118,12 +115,12 @@ def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, preci
 
     for _ in range(cfg.bench.warmup):
         step()
-    _sync(device)
+    synchronize(device)
     stamps = [time.perf_counter()]
     for _ in range(cfg.bench.batches):
         step()
         stamps.append(time.perf_counter())
-    _sync(device)
+    synchronize(device)
     stamps[-1] = time.perf_counter()
     steps = [(cfg.batch_size, stamps[i + 1] - stamps[i]) for i in range(cfg.bench.batches)]
     return {"steps": steps, "seconds": stamps[-1] - stamps[0], "images": cfg.bench.batches * cfg.batch_size,
@@ -192,10 +189,10 @@ def measure_eval(cfg: DictConfig, prepared, device: torch.device, precision: str
     augment = DeviceAugment(cfg.aug, train=False, channels_last=channels_last)
     evaluate(model, Capped(batches, max(1, cfg.bench.warmup)), augment, criterion, settings)
     timed = Capped(batches, cfg.bench.eval_batches)
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     evaluate(model, timed, augment, criterion, settings)
-    _sync(device)
+    synchronize(device)
     end = time.perf_counter()
     return {"steps": timed.steps(end), "seconds": end - start, "images": sum(timed.sizes),
             "batch_size": cfg.eval_batch_size or 4 * cfg.batch_size, "precision": precision}

@@ -19,7 +19,6 @@ MODELS = ("base", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet
           "mobilenet_v3_small")
 OPTIMIZERS = ("adam", "sgd", "sgd_momentum")
 LOSSES = ("cross_entropy", "multi_margin")
-AUGS = ("default_112", "rotation_112", "imagenet_224")
 
 
 @dataclass

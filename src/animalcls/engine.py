@@ -47,7 +47,8 @@ def _bar(batches, desc: str, enabled: bool):
                 disable=None if enabled else True, dynamic_ncols=True)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that a wall-clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -87,7 +88,7 @@ def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.
             raise Interrupted()
         logits, loss = train_step(model, augment(images), labels, criterion, optimizer, settings, scaler)
         meter.update(logits, labels, loss)
-    _synchronize(settings.device)
+    synchronize(settings.device)
     if reduce is not None:
         meter.load_state(reduce(meter.state()))
     seconds = time.perf_counter() - start
