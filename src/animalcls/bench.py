@@ -248,7 +248,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         raise AnimalclsError(f"bench.statistic={cfg.bench.statistic!r}: choose auto, median or total")
     device = resolve_device(cfg.device)
     precision = choose_precision(cfg.amp, device, cfg.model.name)
-    channels_last = choose_channels_last(cfg.channels_last, device)
+    channels_last = choose_channels_last(cfg.channels_last)
     measurements: dict[str, dict[str, Any]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="animalcls-bench-cache-"))
     try:

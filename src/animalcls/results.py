@@ -99,6 +99,13 @@ def load(path: str | os.PathLike | Iterable[str | os.PathLike], warn: bool = Tru
     return pd.concat(frames, ignore_index=True)
 
 
-def has_ok_row(path: str | os.PathLike, run_id: str) -> bool:
+def ok_rows(path: str | os.PathLike, run_id: str):
+    """The rows with status ok of one run id, oldest first."""
     table = load(path, warn=False)
-    return bool(((table["run_id"] == run_id) & (table["status"] == "ok")).any()) if len(table) else False
+    if not len(table):
+        return table
+    return table[(table["run_id"] == run_id) & (table["status"] == "ok")]
+
+
+def has_ok_row(path: str | os.PathLike, run_id: str) -> bool:
+    return len(ok_rows(path, run_id)) > 0

@@ -64,7 +64,7 @@ def choose_precision(amp: str, device: torch.device, model_name: str) -> str:
     return "bf16" if cpu_has_amx() and model_name in CPU_BF16_MODELS else "fp32"
 
 
-def choose_channels_last(setting: Any, device: torch.device) -> bool:
+def choose_channels_last(setting: Any) -> bool:
     # auto = channels_last on CUDA and on the CPU too: measured on an AVX2 CPU (issue 4), fp32 train
     # steps ran 1.06-1.10x faster for base (112 px) and 1.45-1.6x for mobilenet_v3_large (224 px)
     setting = str(setting).lower()
@@ -255,10 +255,7 @@ def find_resume_state(cfg: DictConfig, rid: str) -> dict | None:
 
 def recorded_val_top1(cfg: DictConfig) -> float:
     """The val top-1 of this configuration's latest ok row (what a skipped run reports to Optuna)."""
-    table = results.load(cfg.results, warn=False)
-    if not len(table):
-        return float("nan")
-    done = table[(table["run_id"] == run_id(cfg)) & (table["status"] == "ok")]
+    done = results.ok_rows(cfg.results, run_id(cfg))
     return float(done["val_top1"].iloc[-1]) if len(done) else float("nan")
 
 
@@ -347,7 +344,7 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
                     row: dict[str, Any]) -> dict[str, Any]:
     device = ctx.device
     precision = choose_precision(cfg.amp, device, cfg.model.name)
-    channels_last = choose_channels_last(cfg.channels_last, device)
+    channels_last = choose_channels_last(cfg.channels_last)
     row["precision"] = precision
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     optimizer = make_optimizer(cfg, model.parameters())
