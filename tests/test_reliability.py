@@ -104,7 +104,7 @@ def test_bad_checkpoints_are_refused_with_a_message(tmp_path, trained, cli, caps
     torch.save({"weights": torch.zeros(3)}, plain)
     checkpoint = torch.load(best, weights_only=True)
     other_arch = tmp_path / "other_arch.pt"
-    from animalcls.models import create_model
+    from animalcls.build import create_model
     torch.save({**checkpoint, "model": create_model("mobilenet_v3_small", 3, pretrained=False).state_dict()}, other_arch)
     other_classes = tmp_path / "other_classes.pt"
     meta = {**checkpoint["meta"], "classes": ["a", "b", "c", "d", "e"]}

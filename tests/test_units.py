@@ -10,7 +10,8 @@ import torch
 from animalcls.data import split_indices, split_sizes
 from animalcls.errors import AnimalclsError
 from animalcls.metrics import TopKMeter, confusion_matrix, per_class_accuracy, topk_correct
-from animalcls.models import BaseCNN, create_model
+from animalcls.build import create_model
+from animalcls.models import BaseCNN
 from animalcls.profile import profile_model
 
 

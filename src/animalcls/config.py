@@ -1,24 +1,22 @@
 """Typed configs: the schema Hydra merges every YAML into, and the checks Hydra cannot express.
 
 A wrong type or an unknown key fails while Hydra composes (before any work); a nonsensical value
-(lr <= 0, ...) fails in `validate` with a message that says what is allowed.
+(lr <= 0, ...) fails in `validate` with a message that says what is allowed. The allowed names
+come from `animalcls.registry`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Iterable, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from animalcls.errors import AnimalclsError
+from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
 
-MODELS = ("base", "resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large",
-          "mobilenet_v3_small")
-OPTIMIZERS = ("adam", "sgd", "sgd_momentum")
-LOSSES = ("cross_entropy", "multi_margin")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -133,58 +131,87 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-def _choice(value: str, allowed: tuple, key: str) -> None:
+def compose(overrides: list[str]) -> DictConfig:
+    """The same config `train` would use, without Hydra's run dir and logging (eval, predict,
+    profile, bench and the tests)."""
+    from hydra import compose as hydra_compose, initialize_config_module
+
+    check_group_choices(overrides)
+    register_schema()
+    try:
+        with initialize_config_module(config_module="animalcls.conf", version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except Exception as exc:   # Hydra's own messages name the bad override and the options
+        raise AnimalclsError(str(exc).strip()) from None
+
+
+def _choice(value: str, allowed: Iterable[str], key: str) -> None:
+    allowed = list(allowed)
     if value not in allowed:
         raise AnimalclsError(f"{key}={value!r} is not known; choose one of: {', '.join(allowed)} "
-                             f"(e.g. `{key.split('.')[0]}={allowed[0]}`).")
+                             f"(e.g. `{key}={allowed[0]}`).")
+
+
+MAX_SEED = 2**32 - 1   # numpy's legacy seeding, which seed_everything also sets, takes 32 bits
+
+
+def _rules(cfg: DictConfig) -> list[tuple[bool, str]]:
+    aug, optim = cfg.aug, cfg.optim
+    return [
+        (cfg.lr > 0, f"lr must be > 0 (got {cfg.lr}); e.g. lr=0.001"),
+        (cfg.batch_size >= 1, f"batch_size must be >= 1 (got {cfg.batch_size}); e.g. batch_size=16"),
+        (cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); e.g. epochs=10"),
+        (0 <= cfg.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (got {cfg.seed}); e.g. seed=0"),
+        (cfg.workers >= 0, f"workers must be >= 0 (got {cfg.workers})"),
+        (cfg.eval_batch_size >= 0, f"eval_batch_size must be >= 0, 0 meaning 4 x batch_size "
+                                   f"(got {cfg.eval_batch_size})"),
+        (optim.momentum >= 0, f"optim.momentum must be >= 0 (got {optim.momentum}); e.g. optim.momentum=0.9"),
+        (optim.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {optim.weight_decay})"),
+        (0.0 <= cfg.model.dropout < 1.0, f"model.dropout must be in [0, 1) (got {cfg.model.dropout})"),
+        (0.0 <= aug.hflip <= 1.0, f"aug.hflip is a probability in [0, 1] (got {aug.hflip})"),
+        (0.0 <= aug.rotation <= 180.0, f"aug.rotation is in degrees, 0 to 180 (got {aug.rotation})"),
+        (aug.crop >= 8 and aug.resize >= aug.crop,
+         f"aug.crop must be >= 8 and <= aug.resize (got crop={aug.crop}, resize={aug.resize})"),
+        (len(aug.mean) == 3 and all(0.0 <= m <= 1.0 for m in aug.mean),
+         f"aug.mean needs one value in [0, 1] per RGB channel (got {list(aug.mean)}); "
+         f"e.g. aug.mean=[0.485,0.456,0.406]"),
+        (len(aug.std) == 3 and all(s > 0 for s in aug.std),
+         f"aug.std needs one value > 0 per RGB channel (got {list(aug.std)}); e.g. aug.std=[0.229,0.224,0.225]"),
+    ]
+
+
+def _check_model_options(cfg: DictConfig) -> None:
+    spec = MODELS.get(cfg.model.name)
+    if not spec.base_options and (cfg.model.batch_norm or cfg.model.dropout):
+        raise AnimalclsError("model.batch_norm and model.dropout apply to the base CNN only "
+                             f"(model={cfg.model.name}); drop them or use model=base.")
+    if not spec.has_imagenet_weights and (cfg.model.pretrained or cfg.model.weights):
+        raise AnimalclsError(f"model={cfg.model.name} has no ImageNet weights: drop model.pretrained=true "
+                             f"and model.weights (it trains from scratch, as in the paper).")
+    if cfg.model.weights and not cfg.model.pretrained:
+        raise AnimalclsError(f"model.weights={cfg.model.weights} with model.pretrained=false: say which one "
+                             f"you mean (model.pretrained=true loads that file; drop model.weights to "
+                             f"train from scratch).")
 
 
 def validate(cfg: DictConfig) -> None:
     """Reject values that type checks let through, before any data is read."""
-    _choice(cfg.model.name, MODELS, "model")
-    _choice(cfg.optim.name, OPTIMIZERS, "optim")
-    _choice(cfg.loss.name, LOSSES, "loss")
+    _choice(cfg.model.name, MODELS.names(), "model")
+    _choice(cfg.optim.name, OPTIMIZERS.names(), "optim")
+    _choice(cfg.loss.name, LOSSES.names(), "loss")
+    _choice(cfg.aug.name, AUGMENTATIONS.names(), "aug")
     _choice(cfg.amp, ("auto", "bf16", "fp16", "off"), "amp")
     _choice(str(cfg.channels_last).lower(), ("auto", "true", "false"), "channels_last")
     _choice(cfg.test_on, ("best", "last"), "test_on")
     _choice(cfg.data.pipeline, ("cached", "pil"), "data.pipeline")
     _choice(str(cfg.resume).lower(), ("auto", "true", "false"), "resume")
-    rules = [
-        (cfg.lr > 0, f"lr must be > 0 (got {cfg.lr}); e.g. lr=0.001"),
-        (cfg.batch_size >= 1, f"batch_size must be >= 1 (got {cfg.batch_size}); e.g. batch_size=16"),
-        (cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); e.g. epochs=10"),
-        (cfg.workers >= 0, f"workers must be >= 0 (got {cfg.workers})"),
-        (0.0 <= cfg.model.dropout < 1.0, f"model.dropout must be in [0, 1) (got {cfg.model.dropout})"),
-        (0.0 <= cfg.aug.hflip <= 1.0, f"aug.hflip is a probability in [0, 1] (got {cfg.aug.hflip})"),
-        (cfg.aug.crop >= 8 and cfg.aug.resize >= cfg.aug.crop,
-         f"aug.crop must be >= 8 and <= aug.resize (got crop={cfg.aug.crop}, resize={cfg.aug.resize})"),
-    ]
-    for ok, message in rules:
+    if not DEVICE_PATTERN.match(str(cfg.device)):
+        raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")
+    for ok, message in _rules(cfg):
         if not ok:
             raise AnimalclsError(message)
     split = list(cfg.data.split)
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
         raise AnimalclsError(f"data.split must be three fractions train,val,test that add up to 1 "
                              f"(got {split}); e.g. data.split=[0.85,0.05,0.10]")
-    if cfg.model.name != "base" and (cfg.model.batch_norm or cfg.model.dropout):
-        raise AnimalclsError("model.batch_norm and model.dropout apply to the base CNN only "
-                             f"(model={cfg.model.name}); drop them or use model=base.")
-
-
-# Keys that change what a run measures; everything else (paths, workers, tags) does not.
-RUN_ID_KEYS = ("model", "optim", "loss", "aug", "lr", "batch_size", "epochs", "seed", "amp",
-               "channels_last")
-
-
-def run_settings(cfg: DictConfig) -> dict[str, Any]:
-    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-                else cfg[k] for k in RUN_ID_KEYS}
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    settings["data"] = {"name": data["name"], "root": data["root"], "split": data["split"]}
-    return settings
-
-
-def run_id(cfg: DictConfig) -> str:
-    """A short stable hash of what the run measures, so a sweep can skip what is already done."""
-    blob = json.dumps(run_settings(cfg), sort_keys=True, default=str)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+    _check_model_options(cfg)

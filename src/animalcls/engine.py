@@ -17,13 +17,10 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from animalcls.errors import Interrupted
 from animalcls.metrics import TopKMeter
 
 log = logging.getLogger(__name__)
-
-
-class Interrupted(Exception):
-    """Raised inside the loop when a stop was requested (Ctrl-C, SIGTERM)."""
 
 
 @dataclass

@@ -1,5 +1,9 @@
-"""The one exception type users see as a message, not a traceback."""
+"""The exceptions users see as a message, not a traceback."""
 
 
 class AnimalclsError(Exception):
     """A problem the user can fix; its text says how. The CLI prints it and exits non-zero."""
+
+
+class Interrupted(Exception):
+    """A stop was requested (Ctrl-C, SIGTERM): raised where the work can stop cleanly."""

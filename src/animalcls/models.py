@@ -1,9 +1,8 @@
-"""Model registry: a name -> a builder. The paper's base CNN and torchvision models with a new head."""
+"""The models: the paper's base CNN, and torchvision models with a new head (registered in registry.py)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -52,13 +51,25 @@ class BaseCNN(nn.Module):
         return F.log_softmax(self.fc1(x), dim=1)
 
 
-def _replace_head(model: nn.Module, name: str, num_classes: int) -> nn.Module:
-    if name.startswith("resnet"):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-    elif name == "mobilenet_v2":
-        model.classifier[1] = nn.Linear(model.classifier[1].in_features, num_classes)
-    else:  # mobilenet_v3_*
-        model.classifier[3] = nn.Linear(model.classifier[3].in_features, num_classes)
+def _submodule_parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
+    *parents, last = dotted.split(".")
+    owner = model
+    for part in parents:
+        owner = owner[int(part)] if part.isdigit() else getattr(owner, part)  # type: ignore[index]
+    return owner, last
+
+
+def replace_head(model: nn.Module, head: str, num_classes: int) -> nn.Module:
+    """Swap the Linear layer at the dotted path `head` (e.g. `fc`, `classifier.3`) for a new one."""
+    owner, last = _submodule_parent(model, head)
+    old = owner[int(last)] if last.isdigit() else getattr(owner, last)  # type: ignore[index]
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"{head} of {type(model).__name__} is {type(old).__name__}, not a Linear head")
+    new = nn.Linear(old.in_features, num_classes)
+    if last.isdigit():
+        owner[int(last)] = new  # type: ignore[index]
+    else:
+        setattr(owner, last, new)
     return model
 
 
@@ -68,14 +79,28 @@ def _imagenet_weights(name: str):
     return get_model_weights(name).DEFAULT
 
 
-def _load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> None:
+def _read_weights_file(path: Path, name: str) -> dict:
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise AnimalclsError(f"refused to load model.weights={path}: it holds Python objects that could "
+                             f"run code when loaded; give a plain state dict of {name} "
+                             f"({str(exc).strip().splitlines()[0][:120]}).") from None
+    except Exception as exc:   # truncated, not a torch file
+        raise AnimalclsError(f"model.weights={path} is not a readable state dict of {name} "
+                             f"({type(exc).__name__}: {str(exc).strip()[:120]}).") from None
+
+
+def load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> None:
     """ImageNet weights from a local file, or torchvision's weights API (the torch hub cache)."""
     if weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
             raise AnimalclsError(f"model.weights={weights_file}: no such file. Give the path of a "
                                  f"torchvision ImageNet state dict for {name}.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _read_weights_file(path, name)
     else:
         weights = _imagenet_weights(name)
         filename = Path(weights.url).name
@@ -90,32 +115,16 @@ def _load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> N
                 f"model.pretrained=false.") from None
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:
         raise AnimalclsError(f"the weights do not fit {name}: {str(exc).splitlines()[0]}") from None
 
 
-def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
-    def build(num_classes: int, pretrained: bool = True, weights: str | None = None, **_: object) -> nn.Module:
-        from torchvision.models import get_model
+def torchvision_with_head(name: str, head: str, num_classes: int, pretrained: bool,
+                          weights: str | None) -> nn.Module:
+    """torchvision's `name`, with ImageNet weights when asked, and a new `num_classes` head."""
+    from torchvision.models import get_model
 
-        model = get_model(name, weights=None)
-        if pretrained or weights:
-            _load_pretrained(model, name, weights)
-        return _replace_head(model, name, num_classes)
-    return build
-
-
-def _base_builder(num_classes: int, batch_norm: bool = False, dropout: float = 0.0,
-                  input_size: int = 112, **_: object) -> nn.Module:
-    return BaseCNN(num_classes, batch_norm=batch_norm, dropout=dropout, input_size=input_size)
-
-
-REGISTRY: dict[str, Callable[..., nn.Module]] = {"base": _base_builder}
-for _name in ("resnet18", "resnet34", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"):
-    REGISTRY[_name] = _torchvision_builder(_name)
-
-
-def create_model(name: str, num_classes: int, **options: object) -> nn.Module:
-    if name not in REGISTRY:
-        raise AnimalclsError(f"unknown model {name!r}; choose one of: {', '.join(REGISTRY)}")
-    return REGISTRY[name](num_classes, **options)
+    model = get_model(name, weights=None)
+    if pretrained:
+        load_pretrained(model, name, weights)
+    return replace_head(model, head, num_classes)

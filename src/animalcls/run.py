@@ -1,167 +1,49 @@
-"""One training run from a resolved config: data, model, fit, test, and its record.
+"""One training run's lifecycle: claim it, skip or resume it, train, test, and record it.
 
-Leaves in the run dir: split.csv, history.csv, last.pt, best.pt, predictions.csv, metrics.json
-(Hydra adds the resolved config and the log), and appends one row to the results table.
+Leaves in the run dir: split.csv, history.csv, last.pt, best.pt, predictions.csv, metrics.json and
+record.json (the run's record; Hydra adds the resolved config and the log), and appends one row to
+the results table. Every part is built by `animalcls.build`; the row's schema is `animalcls.record`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import os
-import random
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls import distributed, results
+from animalcls import checkpoint, distributed, resume, results
+from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
-from animalcls.config import run_id, validate
-from animalcls.data import (Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, manifest,
-                            scan, split_indices)
-from animalcls.engine import Interrupted, StepSettings, evaluate, fit
-from animalcls.errors import AnimalclsError
-from animalcls.models import create_model
+from animalcls.build import (Prepared, build_criterion, build_model, build_optimizer, choose_channels_last,
+                             choose_precision, make_batches, prepare_data, resolve_device, scan_data,
+                             seed_everything)
+from animalcls.config import validate
+from animalcls.data import data_identity, manifest
+from animalcls.engine import StepSettings, evaluate, fit
+from animalcls.errors import AnimalclsError, Interrupted
+from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
 
 log = logging.getLogger(__name__)
-
-# amp=auto uses bf16 on the CPU only with AMX, and only for these (depthwise MobileNets are expected to
-# gain nothing). Without AMX bf16 is far slower: on an AVX2 CPU (issue 4, `animalcls bench amp=bf16`)
-# train steps took 7.5x longer for base and ~4.5x for mobilenet_v3_large. AMX gains are not measured here.
-CPU_BF16_MODELS = ("base", "resnet18", "resnet34", "resnet50")
-
-
-# ---------------------------------------------------------------- settings
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AnimalclsError(f"device={name} but CUDA is not available here; use device=cpu or device=auto.")
-    return torch.device(name)
-
-
-def cpu_has_amx() -> bool:
-    return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-
-
-def choose_precision(amp: str, device: torch.device, model_name: str) -> str:
-    if amp == "off":
-        return "fp32"
-    if amp in ("bf16", "fp16"):
-        return amp
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_amx() and model_name in CPU_BF16_MODELS else "fp32"
-
-
-def choose_channels_last(setting: Any) -> bool:
-    # auto = channels_last on CUDA and on the CPU too: measured on an AVX2 CPU (issue 4), fp32 train
-    # steps ran 1.06-1.10x faster for base (112 px) and 1.45-1.6x for mobilenet_v3_large (224 px)
-    setting = str(setting).lower()
-    return setting == "auto" or setting == "true"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def make_criterion(name: str) -> torch.nn.Module:
-    return torch.nn.CrossEntropyLoss() if name == "cross_entropy" else torch.nn.MultiMarginLoss()
-
-
-def make_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    if cfg.optim.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
-
-
-def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
-    m = cfg.model
-    return create_model(m.name, num_classes, pretrained=m.pretrained, weights=m.weights,
-                        batch_norm=m.batch_norm, dropout=m.dropout, input_size=cfg.aug.crop)
-
-
-# ---------------------------------------------------------------- data
-
-@dataclass
-class Prepared:
-    data: Dataset
-    split: dict[str, np.ndarray]
-    skipped: list[tuple[str, str]]
-    images: torch.Tensor | None   # the decode-once cache (None for the PIL pipeline)
-
-
-def scan_data(cfg: DictConfig) -> Dataset:
-    """The data set's files and classes (generating the demo set on first use); cheap, no decoding."""
-    if cfg.data.name == "demo":
-        from animalcls.demo import ensure_demo_data
-        ensure_demo_data(cfg.data.root)
-    return scan(cfg.data.root)
-
-
-def prepare_data(cfg: DictConfig, data: Dataset | None = None) -> Prepared:
-    """Scan, split by seed, then find unreadable files (skipped, or fatal with data.strict)."""
-    data = scan_data(cfg) if data is None else data
-    split = split_indices(len(data.paths), list(cfg.data.split), cfg.seed)
-    if cfg.data.pipeline == "cached":
-        images, skipped = load_cache(data, cfg.aug.resize, cfg.aug.crop, cfg.data.cache_dir, cfg.workers)
-    else:
-        images, skipped = None, find_unreadable(data, cfg.workers)
-    if skipped:
-        listing = "; ".join(f"{p} ({why})" for p, why in skipped[:5])
-        if cfg.data.strict:
-            raise AnimalclsError(f"{len(skipped)} unreadable image(s) under {data.root}: {listing}. "
-                                 f"Remove or replace them, or set data.strict=false to skip them.")
-        for path, why in skipped:
-            log.warning("skipping unreadable image %s: %s", path, why)
-        bad = {data.paths.index(p) for p, _ in skipped}
-        split = {k: np.asarray([i for i in v if i not in bad], dtype=np.int64) for k, v in split.items()}
-    if min(len(v) for v in split.values()) == 0:
-        raise AnimalclsError(f"{data.root} has {len(data.paths)} images: too few for a train/val/test "
-                             f"split of {list(cfg.data.split)}; add images or change data.split.")
-    return Prepared(data, split, skipped, images)
-
-
-def make_batches(cfg: DictConfig, prepared: Prepared, part: str, device: torch.device, train: bool,
-                 rank: int = 0, world_size: int = 1):
-    index = prepared.split[part]
-    # under DDP a training step of batch_size images is split across the ranks (batch_size / N each)
-    batch_size = cfg.batch_size // world_size if train else (cfg.eval_batch_size or 4 * cfg.batch_size)
-    if prepared.images is None:
-        return PILBatches(prepared.data, index, cfg.aug, train, batch_size, device, cfg.workers,
-                          cfg.seed, rank, world_size)
-    images = prepared.images[torch.from_numpy(index)]
-    labels = torch.from_numpy(prepared.data.labels[index])
-    if device.type == "cuda" and _fits_on_device(images, device):
-        images, labels = images.to(device), labels.to(device)
-    return TensorBatches(images, labels, batch_size, device, shuffle=train, seed=cfg.seed,
-                         rank=rank, world_size=world_size)
-
-
-def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
-    free, _ = torch.cuda.mem_get_info(device)
-    return images.numel() < 0.3 * free
 
 
 # ---------------------------------------------------------------- signals
 
 @contextmanager
-def stop_on_signals(stop: threading.Event):
-    """Ctrl-C and SIGTERM set `stop`; the loop ends at the next batch and the run records itself."""
-    def handler(signum, _frame):
-        log.warning("received %s: stopping after this batch", signal.Signals(signum).name)
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM set `stop`; decoding and training end at the next image or batch, and
+    the run records itself."""
+    def handler(signum: int, _frame: Any) -> None:
+        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():
@@ -175,10 +57,10 @@ def stop_on_signals(stop: threading.Event):
             signal.signal(s, h)
 
 
-# ---------------------------------------------------------------- records
+# ---------------------------------------------------------------- files of the run dir
 
 def versions() -> str:
-    import torchvision
+    import torchvision   # deferred: only its version is needed here, and the models import it anyway
     return f"torch={torch.__version__};torchvision={torchvision.__version__}"
 
 
@@ -191,25 +73,13 @@ def git_commit() -> str:
         return ""
 
 
-def settings_row(cfg: DictConfig) -> dict[str, Any]:
-    return {"model": cfg.model.name, "pretrained": cfg.model.pretrained, "optimizer": cfg.optim.name,
-            "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "loss": cfg.loss.name,
-            "aug": cfg.aug.name, "batch_norm": cfg.model.batch_norm, "dropout": cfg.model.dropout,
-            "seed": cfg.seed, "data": cfg.data.name if cfg.data.name != "animals" else cfg.data.root,
-            "paper_config": cfg.paper_config, "tags": ";".join(cfg.tags)}
+def write_csv(path: Path, frame: Any) -> None:
+    write_text_atomic(path, frame.to_csv(index=False))
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     import pandas as pd
-    tmp = run_dir / "history.csv.tmp"
-    pd.DataFrame(history).to_csv(tmp, index=False)
-    os.replace(tmp, run_dir / "history.csv")
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_csv(run_dir / "history.csv", pd.DataFrame(history))
 
 
 def write_predictions(run_dir: Path, prepared: Prepared, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -218,149 +88,173 @@ def write_predictions(run_dir: Path, prepared: Prepared, logits: torch.Tensor, t
     probs = logits.float().softmax(dim=1)
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     paths = [prepared.data.paths[i] for i in prepared.split["test"]]
-    pd.DataFrame({
+    write_csv(run_dir / "predictions.csv", pd.DataFrame({
         "path": [str(prepared.data.root / p) for p in paths],
         "label": [classes[t] for t in targets.tolist()],
         "predicted": [classes[i[0]] for i in top.indices.tolist()],
         "top5": [";".join(classes[j] for j in i) for i in top.indices.tolist()],
         "probability": top.values[:, 0].tolist(),
-    }).to_csv(run_dir / "predictions.csv", index=False)
+    }))
 
 
-# ---------------------------------------------------------------- resume
-
-def resume_pointer(cfg: DictConfig, rid: str) -> Path:
-    """Where an unfinished run of this run id leaves the path of its run dir."""
-    return Path(cfg.results).parent / "unfinished" / rid
+def split_digest(frame: Any) -> str:
+    return hashlib.sha1(frame.to_csv(index=False).encode()).hexdigest()[:16]
 
 
-def find_resume_state(cfg: DictConfig, rid: str) -> dict | None:
-    if str(cfg.resume).lower() == "false":
-        return None
-    pointer = resume_pointer(cfg, rid)
-    if not pointer.exists():
-        if str(cfg.resume).lower() == "true":
-            log.warning("resume=true but no unfinished run of this configuration was found; starting fresh")
-        return None
-    last = Path(pointer.read_text().strip()) / "last.pt"
-    if not last.exists():
-        return None
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    log.info("resuming from %s after epoch %d", last, state["epoch"])
-    state["resumed_from"] = str(last.parent)
-    return state
+# ---------------------------------------------------------------- the record
+
+def done_row(cfg: DictConfig, run_id: str) -> dict[str, Any] | None:
+    """The latest ok row of this run: by its run id, or by the animalcls 0.1 id for older rows."""
+    table = results.load(cfg.results, warn=False)
+    legacy = table["record_version"].astype(str).isin(["", "nan"])
+    mine = (table["run_id"] == run_id) & ~legacy
+    old = (table["run_id"] == legacy_run_id(cfg)) & legacy
+    done = table[(mine | old) & (table["status"] == "ok")]
+    return done.iloc[-1].to_dict() if len(done) else None
+
+
+def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
+    """The run's record.json first (the truth), then its row in the table (the index)."""
+    row.setdefault("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        write_record(run_dir, row)
+    except OSError as exc:
+        raise AnimalclsError(f"could not write the run's record into {run_dir}: {exc.strerror or exc}; "
+                             f"free space and run it again.") from None
+    results.append_row(cfg.results, row)
 
 
 # ---------------------------------------------------------------- the run
 
-def recorded_val_top1(cfg: DictConfig) -> float:
-    """The val top-1 of this configuration's latest ok row (what a skipped run reports to Optuna)."""
-    done = results.ok_rows(cfg.results, run_id(cfg))
-    return float(done["val_top1"].iloc[-1]) if len(done) else float("nan")
-
-
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Train, validate and test one configuration; returns the results row (None if skipped).
+    """Train, validate and test one configuration; returns its results row, the done row (with
+    `skipped`) when it was done before, or None when another process is running it.
 
     Under torchrun every rank calls this; rank 0 decides and writes (see animalcls.distributed).
     """
     validate(cfg)
-    rid = run_id(cfg)
     ctx = distributed.setup(resolve_device(cfg.device), cfg.device)
     if ctx.enabled and cfg.batch_size % ctx.world_size:
         raise AnimalclsError(f"batch_size={cfg.batch_size} is the images per optimizer step over all "
                              f"{ctx.world_size} processes and must divide evenly among them; e.g. "
                              f"batch_size={ctx.world_size * max(1, cfg.batch_size // ctx.world_size)}.")
     run_dir = Path(ctx.from_main(lambda: str(run_dir)))   # every rank agrees on rank 0's run dir
-    if ctx.from_main(lambda: not cfg.force and results.has_ok_row(cfg.results, rid)):
-        log.info("skipping: run %s already has an ok row in %s (force=true re-runs it)", rid, cfg.results)
-        return None
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    data = scan_data(cfg)
-    model = build_model(cfg, len(data.classes))   # before decoding: missing weights fail fast
-    prepared = prepare_data(cfg, data)
-    if ctx.enabled and len(prepared.split["test"]) < ctx.world_size:
-        raise AnimalclsError(f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
-                             f"every process needs at least one; use fewer processes or more data.")
-    if ctx.is_main:
-        manifest(prepared.data, prepared.split).to_csv(run_dir / "split.csv", index=False)
-    cost = _profile(model, cfg.aug.crop) if ctx.is_main else {}
-    state = ctx.from_main(lambda: find_resume_state(cfg, rid))
-    pointer = resume_pointer(cfg, rid)
-    if ctx.is_main:
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.write_text(str(run_dir.resolve()))
-
-    row = {"run_id": rid, **settings_row(cfg), **cost, "device": ctx.describe(), "versions": versions(),
-           "git_commit": git_commit(), "run_dir": str(run_dir), "skipped_files": len(prepared.skipped)}
+        results.check_writable(cfg.results)
     stop = threading.Event()
     with stop_on_signals(stop):
+        data = scan_data(cfg)
+        resolved = Resolved(choose_precision(cfg.amp, ctx.device, cfg.model.name), data_identity(data))
+        row = settings_row(cfg, resolved)
+        claim = resume.Claim(cfg.results, row["run_id"], run_dir)
         try:
-            outcome = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, row)
-        except Interrupted:
-            log.warning("interrupted: state of the last complete epoch is in %s; run the same command "
-                        "again to resume", run_dir / "last.pt")
-            row.update(status="interrupted")
-            if ctx.is_main:   # the other ranks train and evaluate, and record nothing
-                _record(cfg, row)
-            return row
-        except AnimalclsError:   # bad input found late (e.g. weights): a message, no row
-            if ctx.is_main:
-                pointer.unlink(missing_ok=True)
-            raise
-        except Exception as exc:
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:300])
-            if ctx.is_main:
-                _record(cfg, row)
-                pointer.unlink(missing_ok=True)
-            raise
-    row.update(outcome)
-    if not ctx.is_main:
+            ctx.from_main(claim.take_run_dir)
+            if not ctx.from_main(lambda: claim.take_run_id()):
+                log.warning("skipping: run %s is running in another process right now", row["run_id"])
+                return None
+            done = ctx.from_main(lambda: None if cfg.force else done_row(cfg, row["run_id"]))
+            if done is not None:
+                log.info("skipping: run %s already has an ok row in %s (force=true re-runs it)",
+                         row["run_id"], cfg.results)
+                return {**done, "skipped": True}
+            return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row)
+        finally:
+            claim.release()
+
+
+def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop: threading.Event,
+                 data: Any, resolved: Resolved, row: dict[str, Any]) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
+    model = build_model(cfg, len(data.classes))   # before decoding: missing weights fail fast
+    if ctx.is_main:
+        row.update(_profile(model, cfg.aug.crop))
+    progress = {"epochs_done": 0}
+    try:
+        prepared = prepare_data(cfg, data, should_stop=stop.is_set)
+        row["skipped_files"] = len(prepared.skipped)
+        if ctx.enabled and len(prepared.split["test"]) < ctx.world_size:
+            raise AnimalclsError(f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
+                                 f"every process needs at least one; use fewer processes or more data.")
+        split = manifest(prepared.data, prepared.split)
+        digest = split_digest(split)
+        state = ctx.from_main(lambda: resume.find_state(cfg.results, row["run_id"], lineage_id(cfg, resolved),
+                                                        resolved.data_id, digest, str(cfg.resume).lower()))
+        if ctx.is_main:
+            write_csv(run_dir / "split.csv", split)
+            resume.write_pointer(cfg.results, resume.Pointer(run_dir, row["run_id"], lineage_id(cfg, resolved),
+                                                             resolved.data_id))
+        meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": prepared.data.classes,
+                "run_id": row["run_id"], "data_id": resolved.data_id, "split_digest": digest}
+        outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress)
+    except Interrupted:
+        log.warning("interrupted: the state of the last complete epoch is in %s; run the same command "
+                    "again to resume", run_dir / "last.pt")
+        row.update(status="interrupted", epochs_done=progress["epochs_done"])
+        if ctx.is_main:   # the other ranks train and evaluate, and record nothing
+            record(cfg, run_dir, row)
         return row
-    _record(cfg, row)
-    pointer.unlink(missing_ok=True)
-    log.info("run dir: %s", run_dir)
-    log.info("results: row %s (%s, test top-1 %.2f%%) appended to %s", rid, row["status"],
-             row.get("test_top1", float("nan")), cfg.results)
+    except AnimalclsError:   # bad input found late (e.g. weights): a message, no row
+        if ctx.is_main:
+            resume.remove_pointer(cfg.results, row["run_id"])
+        raise
+    except Exception as exc:
+        row.update(status="failed", epochs_done=progress["epochs_done"], error=f"{type(exc).__name__}: {exc}"[:500])
+        if ctx.is_main:
+            record(cfg, run_dir, row)
+            resume.remove_pointer(cfg.results, row["run_id"])
+        raise
+    row.update(outcome)
+    if ctx.is_main:
+        _finish(cfg, run_dir, row, details)
     return row
 
 
+def _finish(cfg: DictConfig, run_dir: Path, row: dict[str, Any], details: dict[str, Any]) -> None:
+    write_text_atomic(run_dir / "metrics.json", json.dumps({**row, **details}, indent=2, default=str))
+    record(cfg, run_dir, row)
+    resume.remove_pointer(cfg.results, row["run_id"])
+    log.info("run dir: %s", run_dir)
+    log.info("results: row %s (%s, test top-1 %.2f%%) appended to %s", row["run_id"], row["status"],
+             row.get("test_top1", float("nan")), cfg.results)
+
+
 def _profile(model: torch.nn.Module, input_size: int) -> dict[str, float]:
-    from animalcls.profile import profile_model
+    from animalcls.profile import profile_model   # deferred: fvcore's import is slow and noisy
     stats = profile_model(model, input_size)
     return {"params": stats["params"], "gmacs_fvcore": round(stats["gmacs_fvcore"], 4),
             "gflops": round(stats["gflops"], 4)}
 
 
-def _record(cfg: DictConfig, row: dict[str, Any]) -> None:
-    row.setdefault("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))
-    results.append_row(cfg.results, row)
+def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+             device: torch.device, run_dir: Path, is_main: bool) -> tuple[int, list[dict[str, Any]], float]:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if device.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
+    if is_main:
+        write_history(run_dir, state["history"])
+        best = Path(state["resumed_from"]) / "best.pt"
+        if best.exists() and best.resolve() != (run_dir / "best.pt").resolve():
+            shutil.copyfile(best, run_dir / "best.pt")
+    return state["epoch"], state["history"], state["best_val_top1"]
 
 
 def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: torch.nn.Module,
-                    ctx: distributed.Context, stop: threading.Event, state: dict | None,
-                    row: dict[str, Any]) -> dict[str, Any]:
+                    ctx: distributed.Context, stop: threading.Event, state: dict[str, Any] | None,
+                    meta: dict[str, Any], progress: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Returns the row's outcome columns and the details metrics.json adds to them."""
     device = ctx.device
     precision = choose_precision(cfg.amp, device, cfg.model.name)
     channels_last = choose_channels_last(cfg.channels_last)
-    row["precision"] = precision
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(cfg, model.parameters())
-    criterion = make_criterion(cfg.loss.name)
+    optimizer = build_optimizer(cfg, model.parameters())
+    criterion = build_criterion(cfg)
     start_epoch, history, best = 0, [], -1.0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, history, best = state["epoch"], state["history"], state["best_val_top1"]
-        torch.set_rng_state(state["rng_cpu"])
-        if device.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], device)
-        if ctx.is_main:
-            write_history(run_dir, history)
-            if (Path(state["resumed_from"]) / "best.pt").exists():
-                shutil.copyfile(Path(state["resumed_from"]) / "best.pt", run_dir / "best.pt")
+        start_epoch, history, best = _restore(model, optimizer, state, device, run_dir, ctx.is_main)
+    progress["epochs_done"] = start_epoch
     if ctx.rank > 0:   # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
         torch.manual_seed(cfg.seed + 7919 * ctx.rank + start_epoch)
     trained = ctx.wrap(model)   # DDP across ranks; checkpoints save the unwrapped `model`
@@ -374,46 +268,44 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
     reduce = ctx.sum if ctx.enabled else None
     train_aug = DeviceAugment(cfg.aug, train=cfg.data.pipeline == "cached", channels_last=channels_last)
     eval_aug = DeviceAugment(cfg.aug, train=False, channels_last=channels_last)
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": prepared.data.classes,
-            "run_id": row["run_id"]}
 
-    def on_epoch_end(epoch: int, hist: list[dict], is_best: bool) -> None:
+    def on_epoch_end(epoch: int, hist: list[dict[str, Any]], is_best: bool) -> None:
         best_val = max(h["val_top1"] for h in hist)
-        checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                      "history": hist, "best_val_top1": best_val, "rng_cpu": torch.get_rng_state(),
-                      "meta": meta}
+        last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "history": hist, "best_val_top1": best_val, "rng_cpu": torch.get_rng_state(), "meta": meta}
         if device.type == "cuda":
-            checkpoint["rng_cuda"] = torch.cuda.get_rng_state(device)
-        atomic_torch_save(checkpoint, run_dir / "last.pt")
+            last["rng_cuda"] = torch.cuda.get_rng_state(device)
+        checkpoint.write(run_dir / "last.pt", last)
         if is_best:
-            atomic_torch_save({"model": model.state_dict(), "epoch": epoch, "meta": meta}, run_dir / "best.pt")
+            checkpoint.write(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "meta": meta})
         write_history(run_dir, hist)
+        progress["epochs_done"] = epoch
 
     result = fit(trained, train, val, train_aug, eval_aug, criterion, optimizer, settings, cfg.epochs,
                  start_epoch, history, best, on_epoch_end if ctx.is_main else None, reduce=reduce,
                  eval_model=model if ctx.enabled else None)
+    progress["epochs_done"] = len(result.history)
     if cfg.test_on == "best" and ctx.is_main and (run_dir / "best.pt").exists():
-        model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=True)["model"])
+        model.load_state_dict(checkpoint.read(run_dir / "best.pt")["model"])
     ctx.broadcast_module(model)   # the other ranks test rank 0's weights too
     test_metrics, logits, targets = evaluate(model, test, eval_aug, criterion, settings, keep_outputs=True,
                                              reduce=reduce)
     logits, targets = ctx.gather_shards(logits), ctx.gather_shards(targets)   # None on ranks > 0
     if ctx.is_main:
         write_predictions(run_dir, prepared, logits, targets)
+    details = {"best_epoch": result.best_epoch, "test_loss": test_metrics["loss"],
+               "classes": prepared.data.classes, "skipped": [list(s) for s in prepared.skipped]}
+    return _outcome(cfg, result, test_metrics), details
+
+
+def _outcome(cfg: DictConfig, result: Any, test_metrics: dict[str, float]) -> dict[str, Any]:
     last = result.history[-1]
     best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
     val_row = best_row if cfg.test_on == "best" else last
-    outcome = {
+    return {
         "status": result.status, "epochs_done": len(result.history),
-        "val_top1": round(val_row["val_top1"], 2), "val_top3": round(val_row["val_top3"], 2),
-        "val_top5": round(val_row["val_top5"], 2),
-        "test_top1": round(test_metrics["top1"], 2), "test_top3": round(test_metrics["top3"], 2),
-        "test_top5": round(test_metrics["top5"], 2),
+        **{f"val_top{k}": round(val_row[f"val_top{k}"], 2) for k in (1, 3, 5)},
+        **{f"test_top{k}": round(test_metrics[f"top{k}"], 2) for k in (1, 3, 5)},
         "train_seconds": round(result.train_seconds, 2),
         "images_per_s": round(sum(h["images_per_s"] for h in result.history) / len(result.history), 1),
     }
-    metrics = {**row, **outcome, "best_epoch": result.best_epoch, "test_loss": test_metrics["loss"],
-               "classes": prepared.data.classes, "skipped": [list(s) for s in prepared.skipped]}
-    if ctx.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return outcome

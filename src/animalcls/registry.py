@@ -1,0 +1,179 @@
+"""One registry per choice: model, optimizer, loss, augmentation. Every other module asks here.
+
+A registry maps a config name to its builder and to what the rest of the code needs to know about
+it (display name, default augmentation, bf16 capability, short id). Unknown names raise an
+`AnimalclsError` that lists the known ones, so a typo never falls back silently to a default.
+
+Adding a torchvision model is one `register_model(...)` line below plus one YAML file in
+`conf/model/`; the config check, the paper ids and the report all derive from the entry.
+Builders import torchvision lazily: `import torchvision` costs seconds and the CLI checks names
+before it needs a model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from animalcls.errors import AnimalclsError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """name -> entry, in registration order; `get` raises on an unknown name."""
+
+    def __init__(self, kind: str, config_key: str) -> None:
+        self.kind, self.config_key = kind, config_key
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def remove(self, name: str) -> None:
+        self._entries.pop(name, None)
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise AnimalclsError(f"{self.config_key}={name!r} is not a known {self.kind}; choose one of: "
+                                 f"{', '.join(self._entries)} (e.g. `{self.config_key}={self.names()[0]}`).")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+
+# ---------------------------------------------------------------- models
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    display: str                        # as the paper writes it, for tables and figures
+    build: Callable[..., Any]           # (num_classes, **options) -> nn.Module
+    default_aug: str                    # the augmentation its YAML picks, and the paper used
+    cpu_bf16: bool = False              # amp=auto picks bf16 on a CPU with AMX for it
+    has_imagenet_weights: bool = True   # model.pretrained / model.weights apply
+    base_options: bool = False          # model.batch_norm / model.dropout apply
+
+
+MODELS: Registry[ModelSpec] = Registry("model", "model")
+
+
+def register_model(spec: ModelSpec) -> ModelSpec:
+    return MODELS.add(spec.name, spec)
+
+
+def _torchvision(name: str, display: str, head: str, cpu_bf16: bool) -> ModelSpec:
+    """A torchvision classification model whose last Linear layer (the dotted path `head`) is
+    replaced by a new one with the data set's number of classes."""
+    def build(num_classes: int, pretrained: bool = True, weights: str | None = None,
+              **_: object) -> Any:
+        from animalcls.models import torchvision_with_head
+        return torchvision_with_head(name, head, num_classes, pretrained, weights)
+    return ModelSpec(name, display, build, default_aug="imagenet_224", cpu_bf16=cpu_bf16)
+
+
+def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112,
+          **_: object) -> Any:
+    from animalcls.models import BaseCNN
+    return BaseCNN(num_classes, batch_norm=batch_norm, dropout=dropout, input_size=input_size)
+
+
+# cpu_bf16: amp=auto uses bf16 on a CPU only with AMX, and only for these (depthwise MobileNets are
+# expected to gain nothing). Without AMX bf16 is far slower: on an AVX2 CPU (issue 4, `animalcls
+# bench amp=bf16`) train steps took 7.5x longer for base and ~4.5x for mobilenet_v3_large.
+register_model(ModelSpec("base", "Base", _base, default_aug="default_112", cpu_bf16=True,
+                         has_imagenet_weights=False, base_options=True))
+register_model(_torchvision("resnet18", "ResNet18", "fc", cpu_bf16=True))
+register_model(_torchvision("resnet34", "ResNet34", "fc", cpu_bf16=True))
+register_model(_torchvision("resnet50", "ResNet50", "fc", cpu_bf16=True))
+register_model(_torchvision("mobilenet_v2", "MobileNetV2", "classifier.1", cpu_bf16=False))
+register_model(_torchvision("mobilenet_v3_large", "MobileNetV3_large", "classifier.3", cpu_bf16=False))
+register_model(_torchvision("mobilenet_v3_small", "MobileNetV3_small", "classifier.3", cpu_bf16=False))
+
+
+# ---------------------------------------------------------------- optimizers
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    display: str
+    short: str                          # in paper configuration ids: base-adam-lr1e-3-...
+    build: Callable[..., Any]           # (params, lr, momentum, weight_decay) -> Optimizer
+
+
+OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "optim")
+
+
+def _adam(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
+    import torch
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
+    import torch
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+OPTIMIZERS.add("adam", OptimizerSpec("adam", "Adam", "adam", _adam))
+OPTIMIZERS.add("sgd", OptimizerSpec("sgd", "SGD", "sgd", _sgd))
+OPTIMIZERS.add("sgd_momentum", OptimizerSpec("sgd_momentum", "SGD + momentum (0.9)", "sgdm", _sgd))
+
+
+# ---------------------------------------------------------------- losses
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    display: str
+    short: str
+    build: Callable[[], Any]
+
+
+LOSSES: Registry[LossSpec] = Registry("loss", "loss")
+
+
+def _cross_entropy() -> Any:
+    import torch
+    return torch.nn.CrossEntropyLoss()
+
+
+def _multi_margin() -> Any:
+    import torch
+    return torch.nn.MultiMarginLoss()
+
+
+LOSSES.add("cross_entropy", LossSpec("cross_entropy", "Cross Entropy", "ce", _cross_entropy))
+LOSSES.add("multi_margin", LossSpec("multi_margin", "Multi Margin Loss", "mm", _multi_margin))
+
+
+# ---------------------------------------------------------------- augmentations
+
+@dataclass(frozen=True)
+class AugSpec:
+    """An augmentation preset; its numbers live in conf/aug/<name>.yaml."""
+    name: str
+    display: str
+    short: str = ""                     # suffix in paper configuration ids when not the default
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+AUGMENTATIONS: Registry[AugSpec] = Registry("augmentation", "aug")
+AUGMENTATIONS.add("default_112", AugSpec("default_112", "default", "default_112"))
+AUGMENTATIONS.add("rotation_112", AugSpec("rotation_112", "+ rotation", "rot"))
+AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imagenet_224"))
+
+
+def display_name(kind: str, name: Any) -> str:
+    """The display name of a registered choice, or the name itself (e.g. from an old table)."""
+    registry: Registry[Any] = {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES,
+                               "augmentation": AUGMENTATIONS}[kind]
+    return registry.get(name).display if name in registry else str(name)

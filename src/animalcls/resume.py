@@ -1,0 +1,156 @@
+"""Who owns a run, and where an unfinished one continues.
+
+- A run owns its run dir (`<run dir>/.owner.lock`) and its run id (`<results dir>/unfinished/<run
+  id>.lock`) while it runs: a second process with the same configuration skips it instead of
+  training it twice or resuming from a checkpoint that is still being written.
+- An unfinished run leaves a pointer `<results dir>/unfinished/<run id>` (JSON: its run dir, run id,
+  lineage and data id). A later run of the same id resumes from that run dir's `last.pt` only when
+  the checkpoint is readable and was made on the same data and split; otherwise it says why and
+  starts over. Pointers are never trusted blindly: an empty, garbled or foreign one is ignored.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from animalcls import checkpoint
+from animalcls.atomic import write_text_atomic
+from animalcls.errors import AnimalclsError
+from animalcls.record import RECORD_FILE
+
+log = logging.getLogger(__name__)
+
+
+def unfinished_dir(results: str) -> Path:
+    return Path(results).parent / "unfinished"
+
+
+class Claim:
+    """The locks a run holds while it runs: its run dir, and its run id."""
+
+    def __init__(self, results: str, run_id: str, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.dir_lock = FileLock(str(run_dir / ".owner.lock"), timeout=0)
+        folder = unfinished_dir(results)
+        self.id_lock = FileLock(str(folder / f"{run_id}.lock"), timeout=0)
+
+    def take_run_dir(self) -> None:
+        """Own the run dir, or fail: two runs never share one."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir_lock.acquire()
+        except Timeout:
+            raise AnimalclsError(f"run dir {self.run_dir} is in use by another run; give this one its own "
+                                 f"(hydra.run.dir=...).") from None
+        if (self.run_dir / RECORD_FILE).exists():
+            self.dir_lock.release()
+            raise AnimalclsError(f"run dir {self.run_dir} already holds a finished run ({RECORD_FILE}); "
+                                 f"give this run its own (hydra.run.dir=...).")
+
+    def take_run_id(self) -> bool:
+        """Own the run id; False when another process is running it right now."""
+        Path(self.id_lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.id_lock.acquire()
+        except Timeout:
+            return False
+        return True
+
+    def release(self) -> None:
+        for lock in (self.id_lock, self.dir_lock):
+            if lock.is_locked:
+                lock.release()
+
+
+@dataclass(frozen=True)
+class Pointer:
+    run_dir: Path
+    run_id: str
+    lineage: str = ""
+    data_id: str = ""
+
+
+def _pointer_path(results: str, run_id: str) -> Path:
+    return unfinished_dir(results) / run_id
+
+
+def write_pointer(results: str, pointer: Pointer) -> None:
+    path = _pointer_path(results, pointer.run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps({"run_dir": str(pointer.run_dir.resolve()), "run_id": pointer.run_id,
+                                        "lineage": pointer.lineage, "data_id": pointer.data_id}))
+
+
+def remove_pointer(results: str, run_id: str) -> None:
+    _pointer_path(results, run_id).unlink(missing_ok=True)
+
+
+def read_pointer(path: Path) -> Pointer | None:
+    """A pointer file, or None (with a warning) when it is empty, garbled or not ours."""
+    try:
+        text = path.read_bytes().decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning("ignoring the resume pointer %s: unreadable (%s)", path, exc)
+        return None
+    if not text:
+        log.warning("ignoring the resume pointer %s: it is empty", path)
+        return None
+    try:
+        value: Any = json.loads(text)
+    except ValueError:
+        value = {"run_dir": text, "run_id": path.name}   # animalcls 0.1 wrote the run dir alone
+    if not isinstance(value, dict) or not value.get("run_dir") or not Path(value["run_dir"]).is_absolute():
+        log.warning("ignoring the resume pointer %s: it does not name an absolute run dir", path)
+        return None
+    return Pointer(Path(value["run_dir"]), str(value.get("run_id", path.name)),
+                   str(value.get("lineage", "")), str(value.get("data_id", "")))
+
+
+def _changed_data_note(results: str, run_id: str, lineage: str, data_id: str) -> None:
+    """Say so when an interrupted run of this configuration was on other data, and drop it."""
+    folder = unfinished_dir(results)
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.suffix == ".lock" or path.name == run_id:
+            continue
+        other = read_pointer(path)
+        if other is not None and other.lineage == lineage and other.data_id != data_id:
+            log.warning("the interrupted run of this configuration in %s was on other data (the files or "
+                        "their sizes changed since): starting over, not resuming it", other.run_dir)
+            path.unlink(missing_ok=True)
+
+
+def find_state(results: str, run_id: str, lineage: str, data_id: str, split_digest: str,
+               mode: str) -> dict[str, Any] | None:
+    """The `last.pt` state to resume this run from, or None to start over (saying why)."""
+    if mode == "false":
+        return None
+    _changed_data_note(results, run_id, lineage, data_id)
+    path = _pointer_path(results, run_id)
+    pointer = read_pointer(path) if path.exists() else None
+    if pointer is None:
+        if mode == "true":
+            log.warning("resume=true but no unfinished run of this configuration was found; starting fresh")
+        return None
+    last = pointer.run_dir / "last.pt"
+    if not last.is_file():
+        log.warning("the unfinished run in %s left no last.pt: starting over", pointer.run_dir)
+        return None
+    try:
+        state = checkpoint.read(last)
+    except AnimalclsError as exc:
+        log.warning("cannot resume from %s (%s): starting over", last, exc)
+        return None
+    meta = state["meta"]
+    if meta.get("run_id") != run_id or meta.get("split_digest") != split_digest or "optimizer" not in state:
+        log.warning("%s was made with other settings, data or split than this run: starting over", last)
+        return None
+    log.info("resuming from %s after epoch %d", last, state["epoch"])
+    state["resumed_from"] = str(pointer.run_dir)
+    return state
