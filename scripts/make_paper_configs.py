@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Regenerate the paper's Hydra configs from src/animalcls/paper_results.csv.
 
-Writes conf/paper_row/<config_id>.yaml (one per distinct configuration), conf/experiment/paper/
-table_*.yaml and all.yaml, refreshes the CSV's `config_id` column, and removes paper_row files
-that no longer correspond to a configuration. `--check` writes nothing and exits 1 if anything
+Writes conf/paper_config/<paper_config>.yaml (one per distinct paper configuration),
+conf/experiment/paper/table_*.yaml and all.yaml, refreshes the CSV's `paper_config` column (a CSV
+from before the rename has it as `config_id`: renamed in place), and removes files in those
+folders that no longer correspond to a configuration. `--check` writes nothing and exits 1 if anything
 is out of date (for CI).
 
     python scripts/make_paper_configs.py [--check]
@@ -22,16 +23,21 @@ sys.path.insert(0, str(ROOT / "src"))  # works from a checkout without `pip inst
 from animalcls import paper  # noqa: E402
 
 
+COLUMN, OLD_COLUMN = "paper_config", "config_id"
+
+
 def csv_with_ids() -> str:
-    """The paper CSV text with its `config_id` column (appended if absent) recomputed."""
+    """The paper CSV text with its `paper_config` column (appended if absent) recomputed."""
     with open(paper.PAPER_CSV, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    if "config_id" not in header:
-        header.append("config_id")
+    if OLD_COLUMN in header and COLUMN not in header:   # one name for one idea
+        header[header.index(OLD_COLUMN)] = COLUMN
+    if COLUMN not in header:
+        header.append(COLUMN)
         body = [r + [""] for r in body]
-    column = header.index("config_id")
-    for row, cid in zip(body, paper.load()["config_id"]):
+    column = header.index(COLUMN)
+    for row, cid in zip(body, paper.load()[COLUMN]):
         row[column] = cid
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerows([header, *body])
@@ -45,7 +51,7 @@ def planned() -> dict[Path, str]:
 
 
 def stale(files: dict[Path, str]) -> list[Path]:
-    folders = [ROOT / "conf" / "paper_row", ROOT / "conf" / "experiment" / "paper"]
+    folders = [ROOT / "conf" / "paper_config", ROOT / "conf" / "experiment" / "paper"]
     return [p for d in folders if d.is_dir() for p in sorted(d.glob("*.yaml")) if p not in files]
 
 

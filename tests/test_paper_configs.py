@@ -51,7 +51,7 @@ def covering_configs() -> list[dict]:
 
 
 def rows_of(jobs: list[list[str]]) -> list[str]:
-    return [o.split("=", 1)[1] for job in jobs for o in job if o.startswith("+paper_row=")]
+    return [o.split("=", 1)[1] for job in jobs for o in job if o.startswith("+paper_config=")]
 
 
 def test_paper_data_has_every_table_and_38_configurations():
@@ -59,20 +59,20 @@ def test_paper_data_has_every_table_and_38_configurations():
     assert paper.tables() == ["2.1.1", "2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7",
                               "2.1.8", "2.2.1", "2.2.2", "2.3.1", "2.3.2", "2.3.3", "2.3.4"]
     assert len(rows) == 67
-    assert rows["config_id"].nunique() == len(paper.configs()) == 38
+    assert rows["paper_config"].nunique() == len(paper.configs()) == 38
     assert set(paper.TABLE_COLUMNS) == set(paper.tables()) == set(paper.TABLE_TITLES)
     # one configuration has one accuracy in the paper, whichever table repeats it
-    assert (rows.groupby("config_id")["accuracy_pct"].nunique() == 1).all()
+    assert (rows.groupby("paper_config")["accuracy_pct"].nunique() == 1).all()
 
 
-def test_config_ids_are_readable_hydra_names_and_match_the_csv_column():
+def test_paper_config_ids_are_readable_hydra_names_and_match_the_csv_column():
     rows = paper.load()
-    assert all(re.fullmatch(r"[a-z0-9_-]+", cid) for cid in rows["config_id"])
-    shipped = pd.read_csv(paper.PAPER_CSV, dtype=str)["config_id"]
-    assert list(shipped) == list(rows["config_id"])
-    base = rows[(rows["table"] == "2.1.1") & (rows["row"] == 0)]["config_id"].item()
+    assert all(re.fullmatch(r"[a-z0-9_-]+", cid) for cid in rows["paper_config"])
+    shipped = pd.read_csv(paper.PAPER_CSV, dtype=str)["paper_config"]
+    assert list(shipped) == list(rows["paper_config"])
+    base = rows[(rows["table"] == "2.1.1") & (rows["row"] == 0)]["paper_config"].item()
     assert base == "base-adam-lr1e-3-bs16-e10-ce"
-    assert paper.config_id(dict(model="base", optimizer="adam", lr=1e-4, batch_size=16, epochs=10,
+    assert paper.paper_config_of(dict(model="base", optimizer="adam", lr=1e-4, batch_size=16, epochs=10,
                                 loss="cross_entropy", batch_norm=True, dropout=0.5,
                                 aug="rotation_112", pretrained=False)) \
         == "base-adam-lr1e-4-bs16-e10-ce-bn-drop0p5-rot"
@@ -87,18 +87,18 @@ def test_table_columns_cover_what_each_table_varies():
 
 
 def test_generated_config_files_are_up_to_date():
-    """conf/paper_row and conf/experiment/paper are what scripts/make_paper_configs.py writes."""
+    """conf/paper_config and conf/experiment/paper are what scripts/make_paper_configs.py writes."""
     files = paper.render_config_files()
     for rel, text in files.items():
         assert (CONF / rel).read_text() == text, f"{rel} is stale: run scripts/make_paper_configs.py"
-    on_disk = {p.relative_to(CONF).as_posix() for d in ("paper_row", "experiment/paper")
+    on_disk = {p.relative_to(CONF).as_posix() for d in ("paper_config", "experiment/paper")
                for p in (CONF / d).glob("*.yaml")}
     assert on_disk == set(files)
 
 
 @pytest.mark.parametrize("table", paper.tables())
 def test_table_sweep_expands_to_the_paper_rows(table):
-    expected = list(paper.table_rows(table)["config_id"])
+    expected = list(paper.table_rows(table)["paper_config"])
     jobs = sweep_jobs(sweep_params(f"paper/{paper.experiment_name(table)}"))
     assert len(jobs) == len(expected)   # every row of a table is a distinct configuration
     assert sorted(rows_of(jobs)) == sorted(expected)
@@ -108,20 +108,20 @@ def test_composed_sweep_runs_each_configuration_once_and_seeds_multiply(hydra_co
     cfg = compose("config", overrides=["+experiment=paper/all"], return_hydra_config=True)
     params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
     jobs = sweep_jobs(params)
-    assert len(jobs) == 38 and sorted(rows_of(jobs)) == sorted(paper.configs()["config_id"])
+    assert len(jobs) == 38 and sorted(rows_of(jobs)) == sorted(paper.configs()["paper_config"])
     assert len(sweep_jobs(sweep_params("paper/table_2_1_2"), "seed=0,1,2")) == 3 * 5
 
 
-def test_paper_rows_compose_to_their_settings(hydra_conf):
+def test_paper_configs_compose_to_their_settings(hydra_conf):
     configs = covering_configs()
     assert len(configs) <= 10
     for c in configs:
-        cfg = compose("config", overrides=[f"+paper_row={c['config_id']}"])
+        cfg = compose("config", overrides=[f"+paper_config={c['paper_config']}"])
         ran = dict(model=cfg.model.name, pretrained=cfg.model.pretrained, optimizer=cfg.optim.name,
                    lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, loss=cfg.loss.name,
                    batch_norm=cfg.model.batch_norm, dropout=cfg.model.dropout, aug=cfg.aug.name)
-        assert paper.config_id(ran) == c["config_id"]
-        assert cfg.paper_config == c["config_id"]
+        assert paper.paper_config_of(ran) == c["paper_config"]
+        assert cfg.paper_config == c["paper_config"]
         assert list(cfg.tags) == c["tables"]
         if c["optimizer"] == "sgd_momentum":
             assert cfg.optim.momentum == 0.9
@@ -130,7 +130,7 @@ def test_paper_rows_compose_to_their_settings(hydra_conf):
 
 
 def test_base_configuration_is_tagged_with_every_table_it_appears_in(hydra_conf):
-    cfg = compose("config", overrides=["+paper_row=base-adam-lr1e-3-bs16-e10-ce"])
+    cfg = compose("config", overrides=["+paper_config=base-adam-lr1e-3-bs16-e10-ce"])
     assert list(cfg.tags) == ["2.1.1", "2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7",
                               "2.1.8", "2.2.1"]
 

@@ -17,20 +17,20 @@ BASE = "base-adam-lr1e-3-bs16-e10-ce"
 BEST = "mobilenet_v3_large-sgd-lr1e-1-bs32-e20-ce"
 
 
-def settings(config_id: str) -> dict:
-    c = paper.configs().set_index("config_id").loc[config_id]
+def settings(paper_config: str) -> dict:
+    c = paper.configs().set_index("paper_config").loc[paper_config]
     return dict(model=c["model"], pretrained=bool(c["pretrained"]), optimizer=c["optimizer"],
                 lr=float(c["lr"]), batch_size=int(c["batch_size"]), epochs=int(c["epochs"]),
                 loss=c["loss"], aug=c["augmentation"], batch_norm=bool(c["batch_norm"]),
                 dropout=float(c["dropout"]))
 
 
-def row(run_id: str, config_id: str, seed: int, status: str = "ok", top1: float | None = None,
+def row(run_id: str, paper_config: str, seed: int, status: str = "ok", top1: float | None = None,
         tagged: bool = True, run_dir: str = "", **changes) -> dict:
-    values = {**settings(config_id), "run_id": run_id, "status": status, "seed": seed,
+    values = {**settings(paper_config), "run_id": run_id, "status": status, "seed": seed,
               "data": "animals", "timestamp": f"2024-01-01T00:00:{seed:02d}", "run_dir": run_dir,
-              "paper_config": config_id if tagged else "",
-              "tags": ";".join(paper.configs().set_index("config_id").loc[config_id, "tables"])
+              "paper_config": paper_config if tagged else "",
+              "tags": ";".join(paper.configs().set_index("paper_config").loc[paper_config, "tables"])
               if tagged else "", **changes}
     if top1 is not None:
         values.update(test_top1=top1, test_top3=min(100.0, top1 + 10), test_top5=min(100.0, top1 + 20),
@@ -124,7 +124,7 @@ def test_aggregate_seed_repeats_mean_std_n():
         row("y", "base-adam-lr1e-1-bs16-e10-ce", 1, top1=2.5),
         row("z", "base-adam-lr1e-2-bs16-e10-ce", 0, status="failed"),
     ])
-    groups = report.aggregate(report.prepare(frame)).set_index("config_key")
+    groups = report.aggregate(report.prepare(frame)).set_index("paper_config")
     base = groups.loc[BASE]
     assert (base["n"], base["n_runs"], base["n_failed"]) == (3, 5, 2)
     assert base["test_top1_mean"] == pytest.approx(34.0)
@@ -145,11 +145,11 @@ def test_repeated_run_id_counts_once_and_settings_match_without_paper_config():
     prepared = report.prepare(frame)
     assert len(prepared) == 3
     assert prepared.set_index("run_id").loc["a", "status"] == "ok"
-    assert prepared.set_index("run_id").loc["r", "config_key"] == "resnet18-sgd-lr1e-3-bs16-e10-ce"
+    assert prepared.set_index("run_id").loc["r", "paper_config"] == "resnet18-sgd-lr1e-3-bs16-e10-ce"
     diffs = prepared.set_index("run_id").loc["s", "diffs"]
     assert "epochs=1 (paper 10)" in diffs and "data=demo" in diffs
     groups = report.aggregate(prepared)
-    assert len(groups[groups["config_key"] == BASE]) == 2           # paper settings kept apart
+    assert len(groups[groups["paper_config"] == BASE]) == 2           # paper settings kept apart
 
 
 def test_report_writes_every_table_and_figure(built):

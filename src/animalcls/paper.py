@@ -1,10 +1,13 @@
 """The paper's reference numbers (tables 2.1.1 to 2.3.4) as project data, and its 38 configurations.
 
 `paper_results.csv` (shipped next to this module) has one row per table row of the paper; rows
-with the same settings are one *configuration*, named by `config_id` (a valid Hydra config name,
-e.g. `base-adam-lr1e-3-bs16-e10-ce`). The Hydra files under `conf/paper_row/` and
-`conf/experiment/paper/` are rendered from this data by `render_config_files`
-(`python scripts/make_paper_configs.py` writes them), so the CSV is the single source.
+with the same settings are one *paper configuration*, named by its `paper_config` id (a valid
+Hydra config name, e.g. `base-adam-lr1e-3-bs16-e10-ce`). The same name is used everywhere: the
+CSV column, the Hydra group `conf/paper_config/` (one file per configuration), the config key and
+results column `paper_config`, and the report's columns. The Hydra files under
+`conf/paper_config/` and `conf/experiment/paper/` are rendered from this data by
+`render_config_files` (`python scripts/make_paper_configs.py` writes them), so the CSV is the
+single source. Model, optimizer, loss and augmentation facts come from `animalcls.registry`.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import functools
 import math
 from pathlib import Path
 from typing import Any, Mapping
+
+from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
@@ -73,16 +78,6 @@ OPEN_SETTINGS: tuple[tuple[str, str, str], ...] = (
      "one seeded split manifest per data set, saved as split.csv in every run dir"),
 )
 
-_OPTIM_SHORT = {"adam": "adam", "sgd": "sgd", "sgd_momentum": "sgdm"}
-_LOSS_SHORT = {"cross_entropy": "ce", "multi_margin": "mm"}
-_ROW_COLUMNS = ("table", "row", *SETTINGS, "accuracy_pct", "efficiency_g", "note")
-
-
-def default_aug(model: str) -> str:
-    """The augmentation a model gets unless told otherwise (the model configs choose it)."""
-    return "default_112" if model == "base" else "imagenet_224"
-
-
 def _sci(x: float) -> str:
     """0.001 -> '1e-3', 0.0005 -> '5e-4', 0.0015 -> '1p5e-3': short, exact, no dots."""
     mantissa, exponent = f"{float(x):.6e}".split("e")
@@ -107,48 +102,61 @@ def as_float(value: Any, default: float = 0.0) -> float:
     return default if _is_missing(value) else float(value)
 
 
-def config_id(settings: Mapping[str, Any]) -> str:
-    """A readable, stable id of one configuration; also a valid Hydra config name.
+def _short(registry: Any, name: str) -> str:
+    """A registered choice's short id; an unregistered name (an old table's) stands for itself."""
+    return registry.get(name).short if name in registry else name
+
+
+def paper_config_of(settings: Mapping[str, Any]) -> str:
+    """The paper configuration id of these settings: readable, stable, a valid Hydra config name.
 
     `settings` holds the keys of SETTINGS (`aug` is accepted for `augmentation`, as in the
-    results table). Only what differs from a model's defaults adds a suffix, so the ids stay short.
+    results table). Only what differs from a model's defaults (its registry entry) adds a suffix,
+    so the ids stay short.
     """
     model = str(settings["model"])
+    spec = MODELS.get(model) if model in MODELS else None
     aug = settings.get("augmentation", settings.get("aug"))
-    aug = default_aug(model) if _is_missing(aug) else str(aug)
-    parts = [model, _OPTIM_SHORT.get(str(settings["optimizer"]), str(settings["optimizer"])),
+    default = spec.default_aug if spec else None   # an unknown model has no default: always say it
+    aug = default if _is_missing(aug) else str(aug)
+    parts = [model, _short(OPTIMIZERS, str(settings["optimizer"])),
              f"lr{_sci(settings['lr'])}", f"bs{int(settings['batch_size'])}",
-             f"e{int(settings['epochs'])}",
-             _LOSS_SHORT.get(str(settings["loss"]), str(settings["loss"]))]
+             f"e{int(settings['epochs'])}", _short(LOSSES, str(settings["loss"]))]
     pretrained = as_bool(settings.get("pretrained"))
-    if pretrained != (model != "base"):      # torchvision models are pretrained in the paper
+    if pretrained != (spec.has_imagenet_weights if spec else True):   # the paper's default
         parts.append("pretrained" if pretrained else "scratch")
-    if model == "base":                       # batch_norm / dropout exist on the base CNN only
+    if spec is not None and spec.base_options:   # batch_norm / dropout exist on the base CNN only
         if as_bool(settings.get("batch_norm")):
             parts.append("bn")
         dropout = as_float(settings.get("dropout"))
         if dropout > 0:
             parts.append(f"drop{dropout:g}".replace(".", "p"))
-    if aug != default_aug(model):
-        parts.append("rot" if aug == "rotation_112" else aug)
+    if aug is not None and aug != default:
+        parts.append(_short(AUGMENTATIONS, aug))
     return "-".join(parts)
+
+
+def has_base_options(model: Any) -> bool:
+    """Whether the model takes model.batch_norm / model.dropout (the paper's base CNN does)."""
+    return str(model) in MODELS and MODELS.get(str(model)).base_options
 
 
 @functools.lru_cache(maxsize=1)
 def _load_cached():
     import pandas as pd
 
-    frame = pd.read_csv(PAPER_CSV, dtype={"table": str, "note": str, "config_id": str})
+    frame = pd.read_csv(PAPER_CSV, dtype={"table": str, "note": str, "paper_config": str})
     frame["batch_norm"] = frame["batch_norm"].map(as_bool)
     frame["dropout"] = frame["dropout"].fillna(0.0).astype(float)
     frame["pretrained"] = frame["pretrained"].map(as_bool)
     frame["note"] = frame["note"].fillna("").astype(str)
-    frame["config_id"] = [config_id(r) for r in frame[list(SETTINGS)].to_dict("records")]
+    # recomputed, not trusted: the shipped column is checked against it by the tests
+    frame["paper_config"] = [paper_config_of(r) for r in frame[list(SETTINGS)].to_dict("records")]
     return frame
 
 
 def load():
-    """Every row of the paper's tables, with a `config_id` column (a fresh copy each call)."""
+    """Every row of the paper's tables, with a `paper_config` column (a fresh copy each call)."""
     return _load_cached().copy()
 
 
@@ -176,7 +184,7 @@ def configs():
     appears in, the paper's accuracy and efficiency, and the paper's notes on it."""
     frame = load()
     frame["where"] = frame["table"] + "/" + frame["row"].astype(str)
-    grouped = frame.groupby("config_id", sort=False)
+    grouped = frame.groupby("paper_config", sort=False)
     out = grouped[[*SETTINGS, "accuracy_pct", "efficiency_g"]].first()
     out["tables"] = grouped["table"].agg(lambda s: list(dict.fromkeys(s)))
     out["rows"] = grouped["where"].agg(list)
@@ -199,13 +207,13 @@ def _quoted(items: list[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
-def render_paper_row(config: Mapping[str, Any]) -> str:
-    """conf/paper_row/<id>.yaml: the overrides of one configuration, tagged with its tables."""
+def render_paper_config(config: Mapping[str, Any]) -> str:
+    """conf/paper_config/<id>.yaml: the overrides of one configuration, tagged with its tables."""
     model = config["model"]
     rows = ", ".join(config["rows"])
     lines = [
         "# @package _global_",
-        f"# Paper configuration {config['config_id']}: table/row {rows};",
+        f"# Paper configuration {config['paper_config']}: table/row {rows};",
         f"# paper accuracy {config['accuracy_pct']} %, efficiency {config['efficiency_g']} G.",
     ]
     if config["notes"]:
@@ -219,14 +227,14 @@ def render_paper_row(config: Mapping[str, Any]) -> str:
     lines += ["", f"lr: {decimal_text(config['lr'])}", f"batch_size: {int(config['batch_size'])}",
               f"epochs: {int(config['epochs'])}"]
     model_keys = []
-    if model == "base":
+    if has_base_options(model):
         model_keys = [f"  batch_norm: {str(bool(config['batch_norm'])).lower()}",
                       f"  dropout: {decimal_text(config['dropout'])}"]
-    if bool(config["pretrained"]) != (model != "base"):
+    if bool(config["pretrained"]) != MODELS.get(model).has_imagenet_weights:
         model_keys.append(f"  pretrained: {str(bool(config['pretrained'])).lower()}")
     if model_keys:
         lines += ["model:", *model_keys]
-    lines += [f"paper_config: {config['config_id']}", f"tags: {_quoted(config['tables'])}", ""]
+    lines += [f"paper_config: {config['paper_config']}", f"tags: {_quoted(config['tables'])}", ""]
     return "\n".join(lines)
 
 
@@ -240,24 +248,24 @@ def _render_sweep(title: str, ids: list[str], usage: str) -> str:
         "hydra:",
         "  sweeper:",
         "    params:",
-        f"      +paper_row: {','.join(ids)}",
+        f"      +paper_config: {','.join(ids)}",
         "",
     ])
 
 
 def render_table_experiment(table: str) -> str:
-    ids = list(dict.fromkeys(table_rows(table)["config_id"]))
+    ids = list(dict.fromkeys(table_rows(table)["paper_config"]))
     return _render_sweep(f"Table {table} of the paper: {TABLE_TITLES.get(table, '')}", ids,
                          f"animalcls train -m +experiment=paper/{experiment_name(table)}")
 
 
 def render_config_files() -> dict[str, str]:
     """Every generated file, as {path relative to conf/: text}."""
-    files = {f"paper_row/{c['config_id']}.yaml": render_paper_row(c)
+    files = {f"paper_config/{c['paper_config']}.yaml": render_paper_config(c)
              for c in configs().to_dict("records")}
     for table in tables():
         files[f"experiment/paper/{experiment_name(table)}.yaml"] = render_table_experiment(table)
     files["experiment/paper/all.yaml"] = _render_sweep(
-        "Every table of the paper, each distinct configuration once", list(configs()["config_id"]),
+        "Every table of the paper, each distinct configuration once", list(configs()["paper_config"]),
         "animalcls train -m +experiment=paper/all")
     return files

@@ -1,0 +1,186 @@
+"""The report's figures: pure functions, data frames in, PNG paths out.
+
+matplotlib is imported on first use (it costs about a second), and with the Agg backend, so a
+report never needs a display. Text that came from the data (run titles, class names) goes
+through `mpl_text`, so a `$` in a name is drawn, not parsed as math.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from animalcls import paper
+from animalcls.registry import MODELS, display_name
+from animalcls.report.text import is_blank, mpl_text
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")   # never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
+    """Figure 3.1: accuracy vs compute per model; paper points (hollow) beside reproduced ones
+    (filled, mean ± std over seeds), a dotted line joining the two for one configuration."""
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    configs = paper.configs()
+    # the registry's order, so a model keeps its colour whichever runs a report holds
+    models = [m for m in MODELS.names() if m in set(configs["model"]) | set(groups.get("model", []))]
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for model, points in configs.groupby("model"):
+        ax.scatter(points["efficiency_g"], points["accuracy_pct"], s=60, facecolors="none",
+                   edgecolors=[colors.get(model, "grey")], linewidths=1.5, zorder=3)
+    reproduced = groups[groups["test_top1_mean"].notna() & groups["gflops"].notna()]
+    for (model, exact), points in reproduced.groupby(["model", reproduced["diffs"] == ""]):
+        ax.errorbar(points["gflops"], points["test_top1_mean"],
+                    yerr=points["test_top1_std"].fillna(0.0), fmt="o" if exact else "^",
+                    color=colors.get(model, "grey"), markersize=6, capsize=3, zorder=4)
+    paired = reproduced.merge(configs, on="paper_config", suffixes=("", "_paper"))
+    for p in paired.to_dict("records"):
+        ax.plot([p["efficiency_g"], p["gflops"]], [p["accuracy_pct"], p["test_top1_mean"]], ":",
+                color=colors.get(p["model"], "grey"), linewidth=0.8, zorder=2)
+    ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8, 16])   # plain numbers, not 4x10^-1
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    xs = [*configs["efficiency_g"], *reproduced["gflops"]]
+    ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
+    ax.set_xlabel("compute per image [GFLOPs = 2 x multiply-adds, conv + linear; log scale]")
+    ax.set_ylabel("test accuracy [%]")
+    ax.set_title("Accuracy vs efficiency (paper Figure 3.1): paper vs reproduced")
+    ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m))
+               for m in models]
+    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                       markeredgecolor="black", color="black", label="paper (as reported)"),
+                Line2D([], [], marker="o", linestyle="", color="black",
+                       label="reproduced (top-1, mean ± std)")]
+    if (reproduced["diffs"] != "").any():
+        handles.append(Line2D([], [], marker="^", linestyle="", color="black",
+                              label="reproduced, settings differ from the paper"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def figure_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
+    """Training/validation accuracy (paper Fig. 5.1) and loss (Fig. 5.2) per epoch."""
+    plt = _pyplot()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
+    epoch = history["epoch"]
+    for column, label, style in (("train_top1", "train top-1", "-o"),
+                                 ("val_top1", "validation top-1", "-s"),
+                                 ("val_top3", "validation top-3", "--")):
+        if column in history:
+            acc.plot(epoch, history[column], style, label=label, markersize=3)
+    acc.set(xlabel="epoch", ylabel="accuracy [%]", title="Accuracy")
+    for column, label, style in (("train_loss", "train loss", "-o"),
+                                 ("val_loss", "validation loss", "-s")):
+        if column in history:
+            loss.plot(epoch, history[column], style, label=label, markersize=3)
+    loss.set(xlabel="epoch", ylabel="loss (per image)", title="Loss")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (acc, loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(mpl_text(title), fontsize=10)
+    return _save(fig, path)
+
+
+def figure_gallery(tiles: list[tuple[Any, dict]], title: str, path: Path) -> Path:
+    """Misclassified test images (thumbnail, prediction row), with true and predicted labels."""
+    plt = _pyplot()
+    cols = min(4, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image, r) in zip(axes.flat, tiles):
+        ax.imshow(image)
+        prob = "" if is_blank(r.get("probability")) else f" ({float(r['probability']):.0%})"
+        ax.set_title(mpl_text(f"true: {r['label']}\npredicted: {r['predicted']}{prob}"), fontsize=8,
+                     color="darkred")
+    fig.suptitle(mpl_text(f"Misclassified test images (most confident first): {title}"), fontsize=10)
+    return _save(fig, path)
+
+
+def figure_class_distribution(split: pd.DataFrame, path: Path) -> Path:
+    """Images per class, stacked by split, classes sorted by size."""
+    plt = _pyplot()
+    counts = split.groupby(["label", "split"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=[s for s in ("train", "val", "test") if s in counts.columns])
+    counts = counts.loc[counts.sum(axis=1).sort_values(ascending=False).index]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.13 * len(counts) + 2), 5))
+    bottom = None
+    for name in counts.columns:
+        ax.bar(range(len(counts)), counts[name], bottom=bottom, label=name, width=0.85)
+        bottom = counts[name] if bottom is None else bottom + counts[name]
+    ax.set_xticks(range(len(counts)))
+    ax.set_xticklabels(map(mpl_text, counts.index), rotation=90, fontsize=6 if len(counts) > 40 else 8)
+    ax.set(xlabel="class", ylabel="images", xlim=(-0.6, len(counts) - 0.4))
+    totals = ", ".join(f"{counts[c].sum():,} {c}" for c in counts.columns)
+    ax.set_title(f"Class distribution: {int(counts.values.sum()):,} images in {len(counts)} "
+                 f"classes ({totals})", fontsize=10)
+    ax.legend(title="split")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def figure_per_class(per_class: pd.DataFrame, overall: float, title: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.13 * len(per_class) + 2), 5))
+    ax.bar(range(len(per_class)), per_class["accuracy_pct"], width=0.85, color="tab:blue")
+    ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.2f} %")
+    ax.set_xticks(range(len(per_class)))
+    ax.set_xticklabels(map(mpl_text, per_class["class"]), rotation=90, fontsize=6 if len(per_class) > 40 else 8)
+    ax.set(xlabel="true class (lowest accuracy first)", ylabel="test top-1 accuracy [%]",
+           ylim=(0, 105), xlim=(-0.6, len(per_class) - 0.4))
+    ax.set_title(mpl_text(f"Per-class test accuracy: {title}"), fontsize=10)
+    ax.legend()
+    ax.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def figure_confusion(matrix: pd.DataFrame, title: str, path: Path) -> Path:
+    """Row-normalised confusion matrix [% of each true class]; class names shown up to 40."""
+    plt = _pyplot()
+    rates = matrix.div(matrix.sum(axis=1).replace(0, 1), axis=0) * 100
+    n = len(matrix)
+    size = min(14.0, max(6.0, 0.09 * n + 4))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(rates.values, cmap="Blues", vmin=0, vmax=100, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="% of the true class's test images", shrink=0.8)
+    if n <= 40:
+        ax.set_xticks(range(n))
+        ax.set_xticklabels(map(mpl_text, matrix.columns), rotation=90, fontsize=7)
+        ax.set_yticks(range(n))
+        ax.set_yticklabels(map(mpl_text, matrix.index), fontsize=7)
+    ax.set(xlabel="predicted class" + ("" if n <= 40 else " (index, sorted by name)"),
+           ylabel="true class" + ("" if n <= 40 else " (index, sorted by name)"))
+    ax.set_title(mpl_text(f"Confusion matrix: {title}"), fontsize=10)
+    return _save(fig, path)
+
+
