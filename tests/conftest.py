@@ -6,7 +6,10 @@ torchvision are imported once.
 from __future__ import annotations
 
 import os
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -61,3 +64,24 @@ def cli():
 def tiny_train_args(root: Path, *extra: str) -> list[str]:
     """`animalcls train` on a generated folder, small enough to finish in seconds."""
     return ["train", f"data.root={root}", "data.cache_dir=cache", "epochs=1", *TINY, *extra]
+
+
+@contextmanager
+def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs at `where` (e.g. options "size=64k" for a full disk, "size=4m,ro" for a read-only
+    one); skips the test with the reason where mounting is not allowed (it needs root)."""
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                       check=True, capture_output=True)
+    except (PermissionError, FileNotFoundError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
+    try:
+        yield where
+    finally:
+        # lazy: a tensor still memory-mapped from the mount would make a plain umount fail
+        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
+
+
+def remount(where: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)

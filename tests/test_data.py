@@ -10,9 +10,7 @@ import logging
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -21,6 +19,7 @@ from omegaconf import OmegaConf
 
 from animalcls.data import (PILBatches, cache_key, data_identity, decode_uint8, load_cache, scan)
 from animalcls.errors import AnimalclsError, Interrupted
+from conftest import mounted_tmpfs as _tmpfs
 
 
 def _save(array: np.ndarray, path: Path) -> Path:
@@ -38,21 +37,6 @@ def _folder(root: Path, classes: int = 2, per_class: int = 3, size: int = 16) ->
             value = (10 + 20 * (c * per_class + i)) % 250   # distinct for up to 12 images
             _save(np.full((size, size, 3), value, dtype=np.uint8), root / f"class_{c}" / f"img_{i}.png")
     return root
-
-
-@contextmanager
-def _tmpfs(where: Path, options: str) -> Iterator[Path]:
-    where.mkdir(parents=True, exist_ok=True)
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                       check=True, capture_output=True)
-    except (PermissionError, FileNotFoundError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
-    try:
-        yield where
-    finally:
-        # lazy: a tensor still memory-mapped from the mount would make a plain umount fail
-        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
 
 
 # ---------------------------------------------------------------- decode and scan

@@ -255,7 +255,8 @@ def load(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], warn: 
         return pd.DataFrame(columns=columns)
     table = pd.concat(frames, ignore_index=True).reindex(columns=columns)
     for column in TEXT_COLUMNS:
-        table[column] = table[column].fillna("").astype(str)
+        values = table[column].astype(object)
+        table[column] = values.where(values.notna(), "").map(str)
     return table
 
 

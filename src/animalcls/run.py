@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -78,12 +79,10 @@ def write_csv(path: Path, frame: Any) -> None:
 
 
 def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    import pandas as pd
     write_csv(run_dir / "history.csv", pd.DataFrame(history))
 
 
 def write_predictions(run_dir: Path, prepared: Prepared, logits: torch.Tensor, targets: torch.Tensor) -> None:
-    import pandas as pd
     classes = prepared.data.classes
     probs = logits.float().softmax(dim=1)
     top = probs.topk(min(5, probs.shape[1]), dim=1)
@@ -106,7 +105,7 @@ def split_digest(frame: Any) -> str:
 def done_row(cfg: DictConfig, run_id: str) -> dict[str, Any] | None:
     """The latest ok row of this run: by its run id, or by the animalcls 0.1 id for older rows."""
     table = results.load(cfg.results, warn=False)
-    legacy = table["record_version"].astype(str).isin(["", "nan"])
+    legacy = pd.to_numeric(table["record_version"], errors="coerce").isna()
     mine = (table["run_id"] == run_id) & ~legacy
     old = (table["run_id"] == legacy_run_id(cfg)) & legacy
     done = table[(mine | old) & (table["status"] == "ok")]
@@ -121,7 +120,11 @@ def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
     except OSError as exc:
         raise AnimalclsError(f"could not write the run's record into {run_dir}: {exc.strerror or exc}; "
                              f"free space and run it again.") from None
-    results.append_row(cfg.results, row)
+    try:
+        results.append_row(cfg.results, row)
+    except results.TableError as exc:
+        raise AnimalclsError(f"the run ended {row['status']} and its record is safe in {run_dir / 'record.json'}, "
+                             f"but {exc}") from None
 
 
 # ---------------------------------------------------------------- the run
@@ -182,8 +185,7 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop:
                                                         resolved.data_id, digest, str(cfg.resume).lower()))
         if ctx.is_main:
             write_csv(run_dir / "split.csv", split)
-            resume.write_pointer(cfg.results, resume.Pointer(run_dir, row["run_id"], lineage_id(cfg, resolved),
-                                                             resolved.data_id))
+            _leave_pointer(cfg, resume.Pointer(run_dir, row["run_id"], lineage_id(cfg, resolved), resolved.data_id))
         meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": prepared.data.classes,
                 "run_id": row["run_id"], "data_id": resolved.data_id, "split_digest": digest}
         outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress)
@@ -208,6 +210,14 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop:
     if ctx.is_main:
         _finish(cfg, run_dir, row, details)
     return row
+
+
+def _leave_pointer(cfg: DictConfig, pointer: resume.Pointer) -> None:
+    try:
+        resume.write_pointer(cfg.results, pointer)
+    except OSError as exc:   # e.g. a full disk: the run can still finish and record itself
+        log.warning("could not leave a resume pointer beside %s (%s): if this run is interrupted, it "
+                    "will start over", cfg.results, exc.strerror or exc)
 
 
 def _finish(cfg: DictConfig, run_dir: Path, row: dict[str, Any], details: dict[str, Any]) -> None:
