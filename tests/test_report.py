@@ -1,15 +1,17 @@
 """`animalcls report` on small results tables and fake run dirs made here (no training)."""
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from PIL import Image
 
-from animalcls import paper, report
+from animalcls import paper, record, report
 from animalcls.results import append_row, load
 
 CLASSES = ["canis-lupus", "felis-catus", "vulpes-vulpes"]
@@ -227,3 +229,179 @@ def test_report_without_results_says_everything_is_missing(tmp_path):
     assert len(compared) == 67 and (compared["status"] == "missing").all()
     assert compared["reproduced_top1_mean"].isna().all()
     assert (out / "figures" / "accuracy_efficiency.png").is_file()
+
+
+# ---------------------------------------------------------------- only true repeats are pooled
+
+V2 = dict(record_version=2, split="0.85/0.05/0.1", data_id="d1", precision="fp32")
+
+
+def groups_of(*rows: dict) -> pd.DataFrame:
+    return report.aggregate(report.prepare(pd.DataFrame(list(rows))))
+
+
+def test_bf16_and_fp32_runs_are_never_pooled():
+    # old rows (no repeat_id): the fallback key holds the precision
+    old = groups_of(row("a", BASE, 0, top1=30.0, precision="bf16"),
+                    row("b", BASE, 1, top1=40.0, precision="fp32"))
+    assert sorted(old["precision"]) == ["bf16", "fp32"] and list(old["n"]) == [1, 1]
+    # new rows: the precision is in the repeat_id
+    new = groups_of(row("c", BASE, 0, top1=30.0, **{**V2, "precision": "bf16"}, repeat_id="r-bf16"),
+                    row("d", BASE, 1, top1=40.0, **V2, repeat_id="r-fp32"))
+    assert len(new) == 2 and list(new["n"]) == [1, 1]
+
+
+def test_runs_on_different_splits_are_not_pooled():
+    groups = groups_of(row("a", BASE, 0, top1=30.0, precision="fp32", split="0.85/0.05/0.1"),
+                       row("b", BASE, 1, top1=40.0, precision="fp32", split="0.8/0.1/0.1"))
+    assert sorted(groups["split"]) == ["0.8/0.1/0.1", "0.85/0.05/0.1"] and list(groups["n"]) == [1, 1]
+
+
+def test_runs_differing_by_seed_alone_are_one_group_with_a_std():
+    groups = groups_of(row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
+                       row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1"))
+    assert len(groups) == 1
+    group = groups.iloc[0]
+    assert (group["n"], group["seeds"], group["repeat_key"]) == (2, "0,1", "r1")
+    assert group["test_top1_mean"] == pytest.approx(32.0)
+    assert group["test_top1_std"] == pytest.approx(math.sqrt(8.0))
+
+
+def test_one_seed_counts_once_in_a_group():
+    # two old-style run ids for one measurement (e.g. the data set typed as two paths)
+    groups = groups_of(row("a", BASE, 0, top1=30.0, timestamp="2024-01-01T00:00:00"),
+                       row("b", BASE, 0, top1=31.0, timestamp="2024-01-02T00:00:00"),
+                       row("c", BASE, 1, top1=35.0))
+    group = groups.iloc[0]
+    assert (len(groups), group["n"], group["n_runs"], group["seeds"]) == (1, 2, 3, "0,1")
+    assert group["test_top1_mean"] == pytest.approx(33.0)         # the latest of seed 0: 31
+
+
+def test_paper_table_shows_one_group_and_counts_the_others(tmp_path):
+    table = tmp_path / "results.csv"
+    for values in [row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
+                   row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1"),
+                   row("c", BASE, 0, top1=60.0, **{**V2, "precision": "bf16"}, repeat_id="r2")]:
+        append_row(table, {k: v for k, v in values.items() if k in record.COLUMNS})
+    report.run_report([str(table)], str(tmp_path / "report"))
+    t211 = table_csv(tmp_path / "report", "2.1.1").set_index("row")
+    assert t211.loc[0, "n"] == 2 and t211.loc[0, "reproduced_top1_mean"] == pytest.approx(32.0)
+    assert "1 other group(s)" in t211.loc[0, "note"]
+
+
+# ---------------------------------------------------------------- tables from animalcls 0.1
+
+OLD_HEADER = record.COLUMNS[:36]   # animalcls 0.1: no record_version, repeat_id, split, ...
+
+
+def test_a_table_from_animalcls_0_1_loads_and_reports(tmp_path):
+    assert OLD_HEADER[-1] == "error" and "record_version" not in OLD_HEADER
+    table = tmp_path / "old.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, OLD_HEADER, extrasaction="ignore")
+        writer.writeheader()
+        for values in [row("0a1b2c3d4e5f", BASE, 0, top1=30.0, precision="fp32"),
+                       row("0a1b2c3d4e60", BASE, 1, top1=34.0, precision="fp32"),
+                       row("0a1b2c3d4e61", BEST, 0, top1=90.0, precision="bf16")]:
+            writer.writerow({**values, "data": "data/animals"})   # 0.1 recorded the root
+    frame = report.prepare(load([str(table)]))
+    assert set(frame["data_name"]) == {"animals"} and (frame["diffs"] == "").all()
+    assert frame["repeat_key"].str.startswith("legacy:").all()
+    out = tmp_path / "report"
+    text = report.run_report([str(table)], str(out)).read_text()
+    assert "3 rows, 3 runs" in text
+    t211 = table_csv(out, "2.1.1").set_index("row")
+    assert t211.loc[0, "n"] == 2 and t211.loc[0, "reproduced_top1_mean"] == pytest.approx(32.0)
+    runs = pd.read_csv(out / "runs.csv", dtype={"run_id": str})
+    assert list(runs["run_id"]) == ["0a1b2c3d4e5f", "0a1b2c3d4e60", "0a1b2c3d4e61"]
+
+
+# ---------------------------------------------------------------- nothing from a table runs
+
+FORMULA = '=HYPERLINK("http://x","y")'
+SCRIPT = "<script>alert(1)</script>"
+HOSTILE = [FORMULA, SCRIPT, "a | b", "one\ntwo\r\nthree", "[link](http://x) `code`", "a\\|b",
+           "+1+cmd|' /C calc'!A0", "@SUM(A1)", "$\\frac{1}{$"]
+
+
+def unescaped_pipes(line: str) -> int:
+    """Table separators: pipes preceded by an even number of backslashes."""
+    return len(re.findall(r"(?<!\\)(?:\\\\)*\|", line))
+
+
+def markdown_tables(text: str) -> list[list[str]]:
+    blocks, block = [], []
+    for line in text.splitlines():   # as strict as readers come: \u2028 ends a line too
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks, block = blocks + [block], []
+    return blocks + ([block] if block else [])
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> Path:
+    """A report of a table whose tags, paper_config and data hold formulas, HTML, pipes and
+    line breaks (record_version 2 rows: their data cell is a label, shown as it is)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    paths = make_images(tmp / "data" / "animals")
+    run_dir = make_run_dir(tmp / "runs" / "evil", tmp / "data" / "animals", paths, 3)
+    table = tmp / "results.csv"
+    for k, text in enumerate(HOSTILE):
+        best = text.startswith("$")   # the best run: its curves are drawn, its title in them
+        values = row(f"h{k}", BASE, k, top1=90.0 if best else 40.0 + k, **V2, repeat_id=f"r{k}",
+                     tags=text, data=text, run_dir=run_dir if best else "")
+        # even rows: a hostile paper_config; odd rows stand for Table 2.1.1 row 0, so their data
+        # name reaches the paper tables' notes
+        values["paper_config"] = BASE if k % 2 else text
+        append_row(table, {key: v for key, v in values.items() if key in record.COLUMNS})
+    negative = row("neg", "base-sgd-lr1e-3-bs16-e10-ce", 0, top1=1.0, **V2, repeat_id="rn")
+    append_row(table, {**negative, "val_top1": -1.5})
+    report.run_report([str(table)], str(tmp / "report"))
+    return tmp / "report"
+
+
+def test_csv_cells_for_people_cannot_run_formulas(hostile):
+    with open(hostile / "runs.csv", newline="") as f:
+        runs = {r["run_id"]: r for r in csv.DictReader(f)}
+    assert runs["h0"]["tags"] == "'" + FORMULA and runs["h0"]["paper_config"] == "'" + FORMULA
+    assert runs["h0"]["data_name"] == "'" + FORMULA
+    assert runs["h6"]["tags"].startswith("'+") and runs["h7"]["data_name"] == "'@SUM(A1)"
+    assert runs["neg"]["val_top1"] == "-1.5"                      # a number stays a number
+    assert runs["h1"]["tags"] == SCRIPT                           # harmless in a CSV: kept as is
+    for name in ("paper_comparison.csv", "tables/table_2_1_1.csv"):
+        with open(hostile / name, newline="") as f:
+            for cells in csv.reader(f):
+                assert not any(c.startswith(("=", "+", "@")) for c in cells), (name, cells)
+
+
+def test_markdown_cannot_hold_html_links_or_broken_rows(hostile):
+    for name in ("report.md", "runs.md", "tables/table_2_1_1.md"):
+        text = (hostile / name).read_text()
+        assert "<script>" not in text and not re.search(r"(?<!\\)\]\(http", text), name   # no link
+        for block in markdown_tables(text):
+            assert {unescaped_pipes(line) for line in block} == {unescaped_pipes(block[0])}, name
+    text = (hostile / "report.md").read_text()
+    assert "&lt;script&gt;" in text and "one two three" in text
+    assert (hostile / "figures" / "curves_h8.png").is_file()      # a '$' in a title is drawn
+
+
+def test_escaping_rules_per_format():
+    from animalcls.report.text import csv_text, latex_text, md_code, md_text, mpl_text
+
+    assert md_text("a<b>&c|d`e[f]g\\h") == "a&lt;b&gt;&amp;c\\|d\\`e\\[f\\]g\\\\h"
+    assert md_text("one\ntwo\rthree\u2028four") == "one two three four"   # every line break
+    assert md_code("base-adam-lr1e-3") == "`base-adam-lr1e-3`" and md_code("a`b") == "a\\`b"
+    assert [csv_text(v) for v in ("=1+1", "+1", "-1+2", "@x", "\tx", "\rx", "-1.5", "1e-3", "a=b")] \
+        == ["'=1+1", "+1", "'-1+2", "'@x", "'\tx", "'\rx", "-1.5", "1e-3", "a=b"]
+    assert csv_text(-1.5) == -1.5
+    assert latex_text("50% & [x]\n\ny") == r"50\% \& {[}x{]}  y"
+    assert mpl_text("$x$") == r"\$x\$"
+
+
+def test_latex_tables_escape_what_runs_recorded(hostile):
+    tex = (hostile / "tables" / "table_2_1_1.tex").read_text()
+    assert "<script>" not in tex and r"\textless{}script\textgreater{}" in tex
+    assert "\n\n" not in tex.split(r"\end{tabular}")[0]            # no paragraph break in a row
+    note = [line for line in tex.splitlines() if line.startswith("0 &")][0]
+    assert note.count(" & ") == len(paper.TABLE_COLUMNS["2.1.1"]) + 9   # columns stay columns

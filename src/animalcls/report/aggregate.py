@@ -42,11 +42,15 @@ AGGREGATE_COLUMNS = [
 
 # ---------------------------------------------------------------- one row per run
 
-def data_name(value: Any) -> str:
-    """The data set of a run from the results' `data` cell (a name, a root, or a JSON object)."""
+def data_name(value: Any, record_version: Any = None) -> str:
+    """The data set of a run from the results' `data` cell. Since record_version 2 the cell is a
+    label (the data config's name or the root's folder name), taken as it is; older rows hold a
+    name, a root path (its folder name is the data set) or a JSON object."""
     if is_blank(value):
         return ""
     text = str(value)
+    if not is_blank(record_version) and float(record_version) >= 2:
+        return text
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -129,7 +133,7 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     accuracy is averaged).
     """
     frame = dedupe(_types(frame))
-    frame["data_name"] = frame["data"].map(data_name)
+    frame["data_name"] = [data_name(d, v) for d, v in zip(frame["data"], frame["record_version"])]
     frame["ran_as"] = [ran_as(r) for r in frame.to_dict("records")]
     frame["paper_config"] = frame["paper_config"].where(frame["paper_config"] != "", frame["ran_as"])
     frame["repeat_key"] = [repeat_key(r) for r in frame.to_dict("records")]
