@@ -278,20 +278,19 @@ def run_report(tables: list[str], out: str, runs: list[str] | None = None) -> Pa
     bases = rundirs.bases_of(tables)
     scatter = figures.figure_accuracy_efficiency(groups, folder / "figures" / "accuracy_efficiency.png")
     chosen, problems = rundirs.choose_runs(frame, runs, bases)
-
+    found = [("Accuracy vs efficiency (paper Figure 3.1)", scatter,
+              "Hollow: the paper's numbers; filled: reproduced (mean ± std over seeds; triangles: "
+              "settings or data differ from the paper's, see the tables' notes); dotted: the same "
+              "configuration."),
+             *_per_run_figures(chosen, problems, bases, folder),
+             *_analysis_figures(frame, bases, folder)]
     lines = ["# Reproduction of \"Image Classification on Animals\" (Ko and Guo)", "",
              *_sources(tables, len(raw), frame), "## Coverage", "",
              markdown_table(_coverage(compared), raw=["Sweep"]), "", "### What is missing", "",
              *_missing_section(compared), "## How to read the tables", "", *_rules(),
              "## Settings the paper leaves open, and the choices made", "",
              *_choices_section(frame, bases), "", "## The paper's tables", "",
-             *_paper_tables_section(inline), "## Figures", "",
-             *_figure_lines([("Accuracy vs efficiency (paper Figure 3.1)", scatter,
-                              "Hollow: the paper's numbers; filled: reproduced (mean ± std over "
-                              "seeds; triangles: settings or data differ from the paper's, see "
-                              "the tables' notes); dotted: the same configuration.")], folder),
-             *_figure_lines(_per_run_figures(chosen, problems, bases, folder), folder),
-             *_figure_lines(_analysis_figures(frame, bases, folder), folder),
+             *_paper_tables_section(inline), "## Figures", "", *_figure_lines(found, folder),
              "## Every run", "", "[runs.csv](runs.csv) · [runs.md](runs.md)", "",
              runs_md if len(frame) <= 200 else "(more than 200 runs: see runs.md)", ""]
     index = folder / "report.md"

@@ -33,12 +33,36 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _gflops_axis(ax: Any, xs: list[float]) -> None:
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.set_xscale("log")
+    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8, 16])   # plain numbers, not 4x10^-1
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
+    ax.set_xlabel("compute per image [GFLOPs = 2 x multiply-adds, conv + linear; log scale]")
+
+
+def _legend(ax: Any, models: list[str], colors: dict, differs: bool) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m))
+               for m in models]
+    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
+                       markeredgecolor="black", color="black", label="paper (as reported)"),
+                Line2D([], [], marker="o", linestyle="", color="black",
+                       label="reproduced (top-1, mean ± std)")]
+    if differs:
+        handles.append(Line2D([], [], marker="^", linestyle="", color="black",
+                              label="reproduced, settings differ from the paper"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+
+
 def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
     """Figure 3.1: accuracy vs compute per model; paper points (hollow) beside reproduced ones
     (filled, mean ± std over seeds), a dotted line joining the two for one configuration."""
     plt = _pyplot()
-    from matplotlib.lines import Line2D
-
     configs = paper.configs()
     # the registry's order, so a model keeps its colour whichever runs a report holds
     models = [m for m in MODELS.names() if m in set(configs["model"]) | set(groups.get("model", []))]
@@ -56,28 +80,11 @@ def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
     for p in paired.to_dict("records"):
         ax.plot([p["efficiency_g"], p["gflops"]], [p["accuracy_pct"], p["test_top1_mean"]], ":",
                 color=colors.get(p["model"], "grey"), linewidth=0.8, zorder=2)
-    ax.set_xscale("log")
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
-
-    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8, 16])   # plain numbers, not 4x10^-1
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    xs = [*configs["efficiency_g"], *reproduced["gflops"]]
-    ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
-    ax.set_xlabel("compute per image [GFLOPs = 2 x multiply-adds, conv + linear; log scale]")
+    _gflops_axis(ax, [*configs["efficiency_g"], *reproduced["gflops"]])
     ax.set_ylabel("test accuracy [%]")
     ax.set_title("Accuracy vs efficiency (paper Figure 3.1): paper vs reproduced")
     ax.grid(True, which="both", alpha=0.3)
-    handles = [Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m))
-               for m in models]
-    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
-                       markeredgecolor="black", color="black", label="paper (as reported)"),
-                Line2D([], [], marker="o", linestyle="", color="black",
-                       label="reproduced (top-1, mean ± std)")]
-    if (reproduced["diffs"] != "").any():
-        handles.append(Line2D([], [], marker="^", linestyle="", color="black",
-                              label="reproduced, settings differ from the paper"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    _legend(ax, models, colors, differs=(reproduced["diffs"] != "").any())
     return _save(fig, path)
 
 
