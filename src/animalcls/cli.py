@@ -5,6 +5,7 @@ expect); the other subcommands compose the same configs without creating a run d
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -14,14 +15,20 @@ USAGE = """usage: animalcls <command> [key=value ...]
 
 commands:
   train     train and test one configuration; -m sweeps (Hydra overrides, e.g. model=resnet18 lr=0.01)
-  eval      re-measure a checkpoint on its test split:      animalcls eval ckpt=PATH
-  predict   top-5 classes of images:                        animalcls predict ckpt=PATH images=[a.jpg,b.jpg]
+  eval      re-measure a checkpoint on its test split:      animalcls eval ckpt=PATH [device=cpu] [data.root=DIR]
+            [data.cache_dir=DIR] [eval_batch_size=N] [workers=N]  (the rest comes from the checkpoint)
+  predict   top-5 classes of images and folders:            animalcls predict ckpt=PATH images=[a.jpg,folder/]
+            [device=cpu] [eval_batch_size=N] [workers=N]
   profile   params, GMACs (fvcore), GFLOPs, CPU latency:     animalcls profile model=resnet50
   bench     images/s of the engine vs the compute limit:     animalcls bench model=base data.root=...
-  report    paper tables and figures from the results table: animalcls report [results=PATH] [out=DIR]
+  report    paper tables and figures from the results table: animalcls report [results=PATH|results=[a.csv,b.csv]]
+            [out=DIR] [runs=[id,...]]
+  results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]  (rebuild it from the run dirs' record.json)
 
+Every command takes Hydra's override grammar (key=value, lists as [a,b], quotes for spaces).
 `animalcls train --help` lists the config groups and options; `animalcls train --cfg job` prints the
-resolved config. Exit status: 0 ok, 1 a run failed or diverged, 2 bad input, 130 interrupted (run it again to resume).
+resolved config; `animalcls <command> --help` describes a command. Exit status: 0 ok, 1 a run failed
+or diverged, 2 bad input, 130 interrupted (run it again to resume).
 """
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
@@ -47,7 +54,7 @@ def _train_app() -> int:
         """Returns the val top-1 (what Optuna maximises): NaN for a failed run (Optuna marks
         the trial failed and goes on), the recorded value for a run skipped as done."""
         from animalcls.errors import AnimalclsError
-        from animalcls.run import recorded_val_top1, run_training
+        from animalcls.run import run_training
 
         log = logging.getLogger("animalcls")
         try:
@@ -63,8 +70,8 @@ def _train_app() -> int:
             log.exception("the run failed")
             _fail(EXIT_FAILED)
             return float("nan")
-        if row is None:
-            return recorded_val_top1(cfg)
+        if row is None:   # skipped: running elsewhere right now
+            return float("nan")
         if row["status"] == "interrupted":   # Ctrl-C / SIGTERM ends the whole sweep, cleanly
             sys.exit(EXIT_INTERRUPTED)
         if row["status"] != "ok":
@@ -100,27 +107,16 @@ def _require_multirun_for_sweeps() -> None:
                              f"e.g. `animalcls train -m +experiment={experiments[0]}`.")
 
 
-def compose(overrides: list[str]):
-    """The same config `train` would use, without Hydra's run dir and logging."""
-    from hydra import compose as hydra_compose, initialize_config_module
-
-    from animalcls.config import register_schema
-    from animalcls.errors import AnimalclsError
-
-    register_schema()
-    try:
-        with initialize_config_module(config_module="animalcls.conf", version_base="1.3"):
-            return hydra_compose(config_name="config", overrides=overrides)
-    except Exception as exc:   # Hydra's own messages name the bad override and the options
-        raise AnimalclsError(str(exc).strip()) from None
+COMMANDS = ("eval", "predict", "profile", "bench", "report", "results")   # each animalcls.commands.<name>.main
 
 
 def _run_command(command: str, args: list[str]) -> int:
-    from animalcls import commands
-
-    handler = {"eval": commands.eval_checkpoint, "predict": commands.predict, "profile": commands.profile,
-               "bench": commands.bench, "report": commands.report}[command]
-    return handler(args) or 0
+    # imported when routed to: a command pays only for the libraries it uses
+    module = importlib.import_module(f"animalcls.commands.{command}")
+    if any(arg in ("-h", "--help") for arg in args):
+        print(module.__doc__)
+        return 0
+    return module.main(args) or 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,18 +130,24 @@ def main(argv: list[str] | None = None) -> None:
     if command == "train":
         sys.argv = [f"{Path(sys.argv[0]).name} train", *args]
         sys.exit(_train_app())
-    if command not in ("eval", "predict", "profile", "bench", "report"):
+    if command not in COMMANDS:
         print(f"animalcls: unknown command {command!r}.\n\n{USAGE}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from animalcls.errors import AnimalclsError
+    sys.exit(_routed(command, args))
+
+
+def _routed(command: str, args: list[str]) -> int:
+    """The command's exit status; its user-fixable errors as one line on stderr, never a traceback."""
+    from animalcls.errors import AnimalclsError, Interrupted
+
     try:
-        sys.exit(_run_command(command, args))
+        return _run_command(command, args)
     except AnimalclsError as exc:
         if os.environ.get("ANIMALCLS_DEBUG"):
             raise
         print(f"animalcls {command}: error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, Interrupted):
         print(f"animalcls {command}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        return EXIT_INTERRUPTED

@@ -24,15 +24,23 @@ import logging
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls.engine import synchronize
+from animalcls.augment import DeviceAugment
+from animalcls.build import (build_criterion, build_model, build_optimizer, choose_channels_last, choose_precision,
+                             make_batches, prepare_data, resolve_device, seed_everything)
+from animalcls.commands import given_keys
+from animalcls.config import compose, validate
+from animalcls.engine import StepSettings, evaluate, synchronize, train_one_epoch, train_step
+from animalcls.errors import AnimalclsError
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +93,20 @@ def device_name(device: torch.device) -> str:
 
 
 def _fresh_model(cfg: DictConfig, num_classes: int, device: torch.device, channels_last: bool):
-    from animalcls.run import build_model, make_criterion, make_optimizer, seed_everything
-
     seed_everything(cfg.seed)
     model = build_model(cfg, num_classes)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-    optimizer = make_optimizer(cfg, model.parameters())
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model.parameters())
     trained = torch.compile(model) if cfg.compile else model
-    return trained, optimizer, make_criterion(cfg.loss.name)
+    return trained, optimizer, build_criterion(cfg)
 
 
 def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, precision: str,
                   channels_last: bool) -> dict[str, Any]:
     """Train steps on one random batch that already sits on the device: no data, no augmentation,
     no metrics. The same autocast, loss and optimizer step as engine.train_one_epoch."""
-    from animalcls.engine import StepSettings, train_step
-
     model, optimizer, criterion = _fresh_model(cfg, num_classes, device, channels_last)
     model.train()
     settings = StepSettings(device, precision, progress=False)
@@ -129,8 +135,6 @@ def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, preci
 
 def _count_syncs(fn) -> int | None:
     """How many synchronising CUDA calls `fn` makes (torch's sync debug mode); None off CUDA."""
-    import warnings
-
     if not torch.cuda.is_available():
         return None
     previous = torch.cuda.get_sync_debug_mode()
@@ -147,10 +151,6 @@ def _count_syncs(fn) -> int | None:
 def measure_training(cfg: DictConfig, prepared, device: torch.device, precision: str,
                      channels_last: bool) -> dict[str, Any]:
     """engine.train_one_epoch over `bench.batches` batches of the training split, after warm-up."""
-    from animalcls.augment import DeviceAugment
-    from animalcls.engine import StepSettings, train_one_epoch
-    from animalcls.run import make_batches
-
     model, optimizer, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
     settings = StepSettings(device, precision, progress=False)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -179,10 +179,6 @@ def measure_training(cfg: DictConfig, prepared, device: torch.device, precision:
 def measure_eval(cfg: DictConfig, prepared, device: torch.device, precision: str,
                  channels_last: bool) -> dict[str, Any]:
     """engine.evaluate over `bench.eval_batches` batches of the test split (eval batch size)."""
-    from animalcls.augment import DeviceAugment
-    from animalcls.engine import StepSettings, evaluate
-    from animalcls.run import make_batches
-
     model, _, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
     settings = StepSettings(device, precision, progress=False)
     batches = make_batches(cfg, prepared, "test", device, train=False)
@@ -202,8 +198,6 @@ def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
     """Pool the rounds of one measurement: images/s over the total time, and the median of the
     per-batch images/s (robust to another process taking the cores for a while); `images_per_s`
     is the one `statistic` names."""
-    import statistics
-
     steps = [step for run in runs for step in run["steps"]]
     images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
     result = {k: v for k, v in runs[0].items() if k not in ("steps", "seconds", "images")}
@@ -217,8 +211,6 @@ def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
 
 
 def _prepare(cfg: DictConfig):
-    from animalcls.run import prepare_data
-
     start = time.perf_counter()
     prepared = prepare_data(cfg)
     return prepared, time.perf_counter() - start
@@ -234,13 +226,9 @@ def _with(cfg: DictConfig, **changes: Any) -> DictConfig:
 
 
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
-    import torchvision
-
-    from animalcls.config import validate
-    from animalcls.run import choose_channels_last, choose_precision, resolve_device
+    import torchvision   # deferred: only for its version string, and it costs seconds to import
 
     validate(cfg)
-    from animalcls.errors import AnimalclsError
     if min(cfg.bench.batches, cfg.bench.eval_batches, cfg.bench.rounds) < 1 or cfg.bench.warmup < 0:
         raise AnimalclsError("bench.batches, bench.eval_batches and bench.rounds must be >= 1, "
                              "bench.warmup >= 0")
@@ -374,9 +362,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def main(args: list[str]) -> int:
-    from animalcls.cli import compose
-
-    if not any(a.startswith(("model.pretrained", "+model.pretrained")) for a in args):
+    if "model.pretrained" not in given_keys(args, "bench"):
         args = [*args, "model.pretrained=false"]   # speed does not depend on the weights; no download
     cfg = compose(args)
     result = run_bench(cfg)
