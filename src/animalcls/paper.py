@@ -14,9 +14,12 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
+
+if TYPE_CHECKING:   # pandas is imported on first use, so importing this module stays cheap
+    import pandas as pd
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
@@ -142,7 +145,7 @@ def has_base_options(model: Any) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _load_cached():
+def _load_cached() -> pd.DataFrame:
     import pandas as pd
 
     frame = pd.read_csv(PAPER_CSV, dtype={"table": str, "note": str, "paper_config": str})
@@ -155,7 +158,7 @@ def _load_cached():
     return frame
 
 
-def load():
+def load() -> pd.DataFrame:
     """Every row of the paper's tables, with a `paper_config` column (a fresh copy each call)."""
     return _load_cached().copy()
 
@@ -165,7 +168,7 @@ def tables() -> list[str]:
     return list(dict.fromkeys(_load_cached()["table"]))
 
 
-def table_rows(table: str):
+def table_rows(table: str) -> pd.DataFrame:
     """The rows of one paper table, in the paper's order."""
     frame = load()
     rows = frame[frame["table"] == table]
@@ -179,7 +182,7 @@ def experiment_name(table: str) -> str:
     return "table_" + table.replace(".", "_")
 
 
-def configs():
+def configs() -> pd.DataFrame:
     """One row per distinct configuration (first appearance order), with the tables and rows it
     appears in, the paper's accuracy and efficiency, and the paper's notes on it."""
     frame = load()
