@@ -11,25 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import pytest
 
+from animalcls.demo import make_image_folder  # noqa: F401  (the tests import it from here)
+
 TINY = ["aug.resize=48", "aug.crop=48", "workers=0", "batch_size=8", "eval_batch_size=16"]
-
-
-def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
-    """A learnable ImageFolder tree: each class is a different dominant colour, with noise."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    palette = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (200, 40, 200), (40, 200, 200)]
-    for c in range(classes):
-        folder = root / f"class_{c}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.clip(np.array(palette[c % len(palette)]) + rng.normal(0, 30, (size, size, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img_{i:03d}.jpg", quality=90)
-    return root
 
 
 @pytest.fixture

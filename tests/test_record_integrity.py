@@ -363,3 +363,15 @@ def test_an_interrupted_row_counts_its_epochs(tmp_path, cli):
     watcher.join()
     row = _table(tmp_path).iloc[0]
     assert row["status"] == "interrupted" and row["epochs_done"] >= 1
+
+
+# ---------------------------------------------------------------- the soak
+
+@pytest.mark.slow
+def test_soak_concurrent_runs_with_hostile_tags_and_sigkills_lose_and_merge_nothing(tmp_path):
+    """scripts/soak.py, small: 3 workers x 4 runs, 2 SIGKILLs (the full 4 x 50 is in the README)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
+    done = subprocess.run([sys.executable, str(script), "--workers", "3", "--runs", "4", "--kills", "2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok twice []; missing []; tag not as given []" in done.stdout

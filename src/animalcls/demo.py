@@ -93,3 +93,19 @@ def _generate(root: Path, marker: Path, images_per_class: int, seed: int) -> Non
                 image = image.convert("L")
             image.save(folder / f"{name}_{i:03d}.jpg", quality=90)
     marker.write_text("complete\n")
+
+
+def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """A tiny learnable ImageFolder tree for tests and soaks: each class is a different dominant
+    colour, with noise (the same arguments always give the same files)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    palette = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (200, 40, 200), (40, 200, 200)]
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(palette[c % len(palette)]) + rng.normal(0, 30, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img_{i:03d}.jpg", quality=90)
+    return root

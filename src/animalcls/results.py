@@ -64,7 +64,10 @@ class _Records:
         self.text = text
 
     def __iter__(self) -> Iterator[tuple[list[str], int]]:
-        lines = self.text.splitlines(keepends=True)
+        # split on \n alone: str.splitlines also breaks at \u2028 and friends, which csv.writer
+        # does not quote, so a tag holding one would look torn
+        lines = self.text.split("\n")
+        lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
         offsets, total = [], 0
         for line in lines:
             total += len(line)
