@@ -9,6 +9,7 @@ is out of date (for CI).
 
     python scripts/make_paper_configs.py [--check]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,7 @@ def csv_with_ids() -> str:
     with open(paper.PAPER_CSV, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    if OLD_COLUMN in header and COLUMN not in header:   # one name for one idea
+    if OLD_COLUMN in header and COLUMN not in header:  # one name for one idea
         header[header.index(OLD_COLUMN)] = COLUMN
     if COLUMN not in header:
         header.append(COLUMN)

@@ -9,6 +9,7 @@ each with its own random tag). The parent SIGKILLs a random worker mid-run `--ki
 starts it again with the same list: runs it finished are skipped, the killed one starts over or
 resumes. Exit status 0 when the count holds; the numbers are printed either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,9 +47,19 @@ def worker(jobs_file: Path, data: Path, out: Path) -> None:
 
     os.chdir(out)
     for job in json.loads(jobs_file.read_text()):
-        args = ["train", f"data.root={data}", "data.cache_dir=cache", "epochs=1", "aug.resize=48", "aug.crop=48",
-                "workers=0", "batch_size=8", "eval_batch_size=32", f"seed={job['seed']}",
-                f"tags=[{hydra_quoted(job['tag'])}]"]
+        args = [
+            "train",
+            f"data.root={data}",
+            "data.cache_dir=cache",
+            "epochs=1",
+            "aug.resize=48",
+            "aug.crop=48",
+            "workers=0",
+            "batch_size=8",
+            "eval_batch_size=32",
+            f"seed={job['seed']}",
+            f"tags=[{hydra_quoted(job['tag'])}]",
+        ]
         GlobalHydra.instance().clear()
         try:
             main(args)
@@ -61,8 +72,11 @@ def _start(index: int, jobs: list[dict], data: Path, out: Path) -> subprocess.Po
     jobs_file = out / f"jobs-{index}.json"
     jobs_file.write_text(json.dumps(jobs))
     log = open(out / f"worker-{index}.log", "a")
-    return subprocess.Popen([sys.executable, __file__, "--worker", str(jobs_file), "--data", str(data),
-                             "--out", str(out)], stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, __file__, "--worker", str(jobs_file), "--data", str(data), "--out", str(out)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def run_all(jobs: list[list[dict]], data: Path, out: Path, kills: int, rng: random.Random) -> int:
@@ -94,12 +108,18 @@ def count(jobs: list[list[dict]], out: Path) -> bool:
     twice = sorted(int(s) for s, n in per_seed.items() if n > 1)
     missing = sorted(set(expected) - {int(s) for s in ok["seed"]})
     wrong_tag = sorted(int(r.seed) for r in ok.itertuples() if expected.get(int(r.seed)) != r.tags)
-    code = subprocess.run([sys.executable, "-m", "animalcls", "report", "results=outputs/results.csv",
-                           "out=outputs/report"], cwd=out, capture_output=True, text=True)
+    code = subprocess.run(
+        [sys.executable, "-m", "animalcls", "report", "results=outputs/results.csv", "out=outputs/report"],
+        cwd=out,
+        capture_output=True,
+        text=True,
+    )
     runs = pd.read_csv(out / "outputs" / "report" / "runs.csv") if code.returncode == 0 else None
-    print(f"runs planned {len(expected)}; rows {len(table)} (ok {len(ok)}, other {len(table) - len(ok)}); "
-          f"ok twice {twice}; missing {missing}; tag not as given {wrong_tag}; "
-          f"report exit {code.returncode}, runs.csv rows {None if runs is None else len(runs)}")
+    print(
+        f"runs planned {len(expected)}; rows {len(table)} (ok {len(ok)}, other {len(table) - len(ok)}); "
+        f"ok twice {twice}; missing {missing}; tag not as given {wrong_tag}; "
+        f"report exit {code.returncode}, runs.csv rows {None if runs is None else len(runs)}"
+    )
     if code.returncode:
         print(code.stderr[-2000:])
     return not twice and not missing and not wrong_tag and runs is not None and len(runs) == len(expected)

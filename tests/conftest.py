@@ -3,6 +3,7 @@
 Running `animalcls` in-process (instead of a subprocess per test) keeps the suite fast: torch and
 torchvision are imported once.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,7 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
     one); skips the test with the reason where mounting is not allowed (it needs root)."""
     where.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-                       check=True, capture_output=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], check=True, capture_output=True)
     except (PermissionError, FileNotFoundError, subprocess.CalledProcessError) as exc:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {exc}")
     try:

@@ -4,6 +4,7 @@ Most tests use a checkpoint written here (an untrained base CNN in the checkpoin
 its split.csv), so they need no training run; one trains a tiny run to hold eval against the
 run's own results row.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,9 +37,14 @@ def make_checkpoint(run_dir: Path, root: Path) -> Path:
     run_dir.mkdir(parents=True)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": data.classes, "run_id": "x"}
     torch.save({"format": 2, "model": model.state_dict(), "meta": meta, "epoch": 1}, run_dir / "best.pt")
-    pd.DataFrame({"path": data.paths, "label": [data.classes[i] for i in data.labels],
-                  "label_idx": data.labels, "split": ["test" if i % 3 == 0 else "train" for i in range(len(data.paths))]}
-                 ).to_csv(run_dir / "split.csv", index=False)
+    pd.DataFrame(
+        {
+            "path": data.paths,
+            "label": [data.classes[i] for i in data.labels],
+            "label_idx": data.labels,
+            "split": ["test" if i % 3 == 0 else "train" for i in range(len(data.paths))],
+        }
+    ).to_csv(run_dir / "split.csv", index=False)
     return run_dir / "best.pt"
 
 
@@ -53,6 +59,7 @@ def _printed_paths(out: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- eval
+
 
 def test_eval_gives_the_runs_test_top1(tmp_path, image_folder, cli, capsys):
     assert cli(tiny_train_args(image_folder, "epochs=2"), tmp_path) == 0
@@ -69,8 +76,21 @@ def test_eval_measures_a_checkpoint_where_its_data_lives_now(tmp_path, image_fol
     shutil.move(str(image_folder), moved)
     assert cli(["eval", f"ckpt={ckpt}", "device=cpu"], tmp_path) == 2
     assert "data.root=" in capsys.readouterr().err
-    assert cli(["eval", f"ckpt={ckpt}", "device=cpu", f"data.root={moved}", "data.cache_dir=cache2",
-                "eval_batch_size=5", "workers=1"], tmp_path) == 0
+    assert (
+        cli(
+            [
+                "eval",
+                f"ckpt={ckpt}",
+                "device=cpu",
+                f"data.root={moved}",
+                "data.cache_dir=cache2",
+                "eval_batch_size=5",
+                "workers=1",
+            ],
+            tmp_path,
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "12 test images" in out and 0 <= float(out.split("test_top1")[1].split()[0]) <= 100
     assert (tmp_path / "cache2").is_dir()
@@ -92,6 +112,7 @@ def test_eval_with_an_unknown_key_fails(tmp_path, ckpt, cli, capsys):
 
 
 # ---------------------------------------------------------------- predict
+
 
 @pytest.fixture
 def thirty(tmp_path: Path) -> Path:
@@ -160,7 +181,7 @@ def test_predict_takes_one_image_without_brackets(tmp_path, ckpt, image_folder, 
     image = image_folder / "class_1" / "img_000.jpg"
     assert cli(["predict", f"ckpt={ckpt}", f"images={image}", "device=cpu"], tmp_path) == 0
     out = capsys.readouterr().out
-    assert _printed_paths(out) == [str(image)] and out.count("%") == 3   # 3 classes: a top-3
+    assert _printed_paths(out) == [str(image)] and out.count("%") == 3  # 3 classes: a top-3
 
 
 def test_predict_refuses_data_settings(tmp_path, ckpt, image_folder, cli, capsys):
@@ -169,6 +190,7 @@ def test_predict_refuses_data_settings(tmp_path, ckpt, image_folder, cli, capsys
 
 
 # ---------------------------------------------------------------- report
+
 
 def test_report_with_an_unknown_key_fails(tmp_path, cli, capsys):
     assert cli(["report", "output=somewhere"], tmp_path) == 2
@@ -190,6 +212,7 @@ def test_report_values_that_hydra_reads_as_numbers_must_be_quoted(tmp_path, cli,
 
 # ---------------------------------------------------------------- layering
 
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
@@ -201,5 +224,5 @@ def test_commands_sit_on_the_library_layer_not_on_run_or_cli():
     for path in sorted((SRC / "commands").glob("*.py")):
         imported = _imports(path)
         assert not imported & {"animalcls.run", "animalcls.cli"}, path.name
-    below_cli = [p for p in SRC.rglob("*.py") if p.name not in ("cli.py", "__main__.py")]   # __main__ runs cli
+    below_cli = [p for p in SRC.rglob("*.py") if p.name not in ("cli.py", "__main__.py")]  # __main__ runs cli
     assert not [p.name for p in below_cli if "animalcls.cli" in _imports(p)]

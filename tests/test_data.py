@@ -4,6 +4,7 @@ full cache dir, a stop during the first decode, the data set's identity, and the
 Every test makes its own tiny images in tmp_path. The read-only and full-disk tests mount a tmpfs
 (root only) and are skipped, with the reason, where mounting is not allowed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,7 +18,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from animalcls.data import (PILBatches, cache_key, data_identity, decode_uint8, load_cache, scan)
+from animalcls.data import PILBatches, cache_key, data_identity, decode_uint8, load_cache, scan
 from animalcls.errors import AnimalclsError, Interrupted
 from conftest import mounted_tmpfs as _tmpfs
 
@@ -34,19 +35,19 @@ def _folder(root: Path, classes: int = 2, per_class: int = 3, size: int = 16) ->
     """Lossless images, each a different constant grey, so pixels tell images apart."""
     for c in range(classes):
         for i in range(per_class):
-            value = (10 + 20 * (c * per_class + i)) % 250   # distinct for up to 12 images
+            value = (10 + 20 * (c * per_class + i)) % 250  # distinct for up to 12 images
             _save(np.full((size, size, 3), value, dtype=np.uint8), root / f"class_{c}" / f"img_{i}.png")
     return root
 
 
 # ---------------------------------------------------------------- decode and scan
 
-@pytest.mark.parametrize("dtype, name", [(np.uint16, "deep.png"), (">u2", "deep_be.tif"),
-                                         (np.int32, "deep_i.tif")])
+
+@pytest.mark.parametrize("dtype, name", [(np.uint16, "deep.png"), (">u2", "deep_be.tif"), (np.int32, "deep_i.tif")])
 def test_16_bit_images_are_scaled_to_8_bit_not_saturated(tmp_path, dtype, name):
     path = _save(np.full((8, 8), 30000, dtype=dtype), tmp_path / name)
     pixels = decode_uint8(path, 8, 8)
-    assert pixels.unique().tolist() == [117]   # 30000 / 257, not 255
+    assert pixels.unique().tolist() == [117]  # 30000 / 257, not 255
 
 
 def test_8_bit_values_in_a_32_bit_image_are_kept(tmp_path):
@@ -68,7 +69,7 @@ def test_gif_images_are_scanned_and_decoded(tmp_path):
     frames[0].save(root / "class_0" / "anim.gif", save_all=True, append_images=frames[1:])
     data = scan(root)
     assert os.path.join("class_0", "anim.gif") in data.paths
-    assert decode_uint8(root / "class_0" / "anim.gif", 8, 8).unique().tolist() == [77]   # the first frame
+    assert decode_uint8(root / "class_0" / "anim.gif", 8, 8).unique().tolist() == [77]  # the first frame
 
 
 def test_hidden_files_and_folders_are_not_scanned_and_other_files_are_logged_once(tmp_path, caplog):
@@ -84,10 +85,11 @@ def test_hidden_files_and_folders_are_not_scanned_and_other_files_are_logged_onc
     assert not any("hidden" in p or "thumbs" in p or "trash" in p for p in data.paths)
     lines = [r.getMessage() for r in caplog.records if "non-image" in r.getMessage()]
     assert len(lines) == 1 and "5 non-image" in lines[0] and "notes_0.txt" in lines[0]
-    assert "notes_3.txt" not in lines[0]   # up to 3 examples
+    assert "notes_3.txt" not in lines[0]  # up to 3 examples
 
 
 # ---------------------------------------------------------------- the decode cache
+
 
 def _truncate(file: Path) -> None:
     file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
@@ -102,13 +104,20 @@ def _empty(file: Path) -> None:
 
 
 def _wrong_shape(file: Path) -> None:
-    torch.save({"images": torch.zeros((2, 3, 8, 8), dtype=torch.uint8),
-                "bad_index": torch.zeros(0, dtype=torch.long), "bad_reason": []}, file)
+    torch.save(
+        {
+            "images": torch.zeros((2, 3, 8, 8), dtype=torch.uint8),
+            "bad_index": torch.zeros(0, dtype=torch.long),
+            "bad_reason": [],
+        },
+        file,
+    )
 
 
 def _wrong_dtype(file: Path) -> None:
-    torch.save({"images": torch.zeros((6, 3, 16, 16)), "bad_index": torch.zeros(0, dtype=torch.long),
-                "bad_reason": []}, file)
+    torch.save(
+        {"images": torch.zeros((6, 3, 16, 16)), "bad_index": torch.zeros(0, dtype=torch.long), "bad_reason": []}, file
+    )
 
 
 @pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _wrong_shape, _wrong_dtype])
@@ -124,7 +133,7 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning_naming_it(tmp_path, caplog,
     assert bad == [] and torch.equal(images, good)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(file) in warnings[0] and "rebuil" in warnings[0]
-    again, _ = load_cache(data, 16, 16, cache, workers=1)   # repaired for good
+    again, _ = load_cache(data, 16, 16, cache, workers=1)  # repaired for good
     assert torch.equal(again, good) and len(caplog.records) == 1
 
 
@@ -135,7 +144,7 @@ def test_a_valid_cache_in_a_read_only_dir_is_read_without_writing(tmp_path):
         cache = mount / "cache"
         expected = load_cache(data, 16, 16, cache, workers=1)[0].clone()
         for lock in cache.glob("*.lock"):
-            lock.unlink()   # a reader must not need the lock file either
+            lock.unlink()  # a reader must not need the lock file either
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
         images, bad = load_cache(data, 16, 16, cache, workers=1)
         assert bad == [] and torch.equal(images, expected)
@@ -149,13 +158,12 @@ def test_building_a_cache_in_a_read_only_dir_is_a_clear_error(tmp_path):
         with pytest.raises(AnimalclsError) as error:
             load_cache(data, 16, 16, mount / "cache", workers=1)
         assert str(mount) in str(error.value) and "data.cache_dir=" in str(error.value)
-        assert error.value.__cause__ is None and (error.value.__context__ is None
-                                                  or error.value.__suppress_context__)
+        assert error.value.__cause__ is None and (error.value.__context__ is None or error.value.__suppress_context__)
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path):
     root = _folder(tmp_path / "images", per_class=2, size=96)
-    data = scan(root)   # 4 x 3 x 96 x 96 bytes = 110 KB, more than the 64 KB disk
+    data = scan(root)  # 4 x 3 x 96 x 96 bytes = 110 KB, more than the 64 KB disk
     with _tmpfs(tmp_path / "mnt", "size=64k") as cache:
         with pytest.raises(AnimalclsError) as error:
             load_cache(data, 96, 96, cache, workers=1)
@@ -176,13 +184,14 @@ def test_a_stop_during_the_first_decode_raises_interrupted_and_writes_nothing(tm
 
     with pytest.raises(Interrupted):
         load_cache(data, 16, 16, cache, workers=2, should_stop=should_stop)
-    assert len(calls) == 3   # asked after each image, stopped at once
+    assert len(calls) == 3  # asked after each image, stopped at once
     assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
     images, _ = load_cache(data, 16, 16, cache, workers=2, should_stop=lambda: False)
     assert images.shape[0] == 40
 
 
 # ---------------------------------------------------------------- identity and order
+
 
 def test_data_identity_ignores_where_and_when_but_not_what(tmp_path, monkeypatch):
     root = _folder(tmp_path / "tiny")
@@ -195,24 +204,32 @@ def test_data_identity_ignores_where_and_when_but_not_what(tmp_path, monkeypatch
     for path in Path(copy).rglob("*.png"):
         os.utime(path, (1_000_000_000, 1_000_000_000))
     assert data_identity(scan(copy)) == identity
-    assert cache_key(scan(copy), 16, 16) != cache_key(scan(root), 16, 16)   # the cache still sees mtimes
+    assert cache_key(scan(copy), 16, 16) != cache_key(scan(root), 16, 16)  # the cache still sees mtimes
 
     _save(np.zeros((16, 16, 3), dtype=np.uint8), Path(copy) / "class_1" / "extra.png")
     assert data_identity(scan(copy)) != identity
     (Path(copy) / "class_1" / "extra.png").unlink()
     assert data_identity(scan(copy)) == identity
-    _save(np.zeros((17, 16, 3), dtype=np.uint8), Path(copy) / "class_1" / "img_0.png")   # new size
+    _save(np.zeros((17, 16, 3), dtype=np.uint8), Path(copy) / "class_1" / "img_0.png")  # new size
     assert data_identity(scan(copy)) != identity
 
 
 def _first_epoch_order(root: Path, seed: int) -> list[int]:
     aug = OmegaConf.create({"resize": 16, "crop": 16, "hflip": 0.0, "rotation": 0.0})
     data = scan(root)
-    batches = PILBatches(data, np.arange(len(data.paths)), aug, train=True, batch_size=64,
-                         device=torch.device("cpu"), workers=0, seed=seed)
+    batches = PILBatches(
+        data,
+        np.arange(len(data.paths)),
+        aug,
+        train=True,
+        batch_size=64,
+        device=torch.device("cpu"),
+        workers=0,
+        seed=seed,
+    )
     batches.set_epoch(1)
-    (x, _), = list(batches)
-    return x[:, 0, 0, 0].tolist()   # each image is its own constant grey
+    ((x, _),) = list(batches)
+    return x[:, 0, 0, 0].tolist()  # each image is its own constant grey
 
 
 def test_pil_batches_shuffle_depends_on_the_seed(tmp_path):

@@ -1,4 +1,5 @@
 """The paper's configurations: ids, generated Hydra files, sweep expansion and composition."""
+
 from __future__ import annotations
 
 import re
@@ -40,10 +41,10 @@ def covering_configs() -> list[dict]:
     """A few configurations that together use every value of every setting (composing all 38
     takes ~10 s; the files are checked to be generated uniformly by the test above)."""
     configs = paper.configs().to_dict("records")
-    keys = [k for k in paper.SETTINGS if k != "lr"]   # lr is a plain number: one is enough
+    keys = [k for k in paper.SETTINGS if k != "lr"]  # lr is a plain number: one is enough
     values = [{(k, str(c[k])) for k in keys} for c in configs]
     chosen, seen = [], set()
-    while any(v - seen for v in values):   # greedy set cover: the most new values first
+    while any(v - seen for v in values):  # greedy set cover: the most new values first
         best = max(range(len(configs)), key=lambda i: len(values[i] - seen))
         chosen.append(configs[best])
         seen |= values[best]
@@ -56,8 +57,22 @@ def rows_of(jobs: list[list[str]]) -> list[str]:
 
 def test_paper_data_has_every_table_and_38_configurations():
     rows = paper.load()
-    assert paper.tables() == ["2.1.1", "2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7",
-                              "2.1.8", "2.2.1", "2.2.2", "2.3.1", "2.3.2", "2.3.3", "2.3.4"]
+    assert paper.tables() == [
+        "2.1.1",
+        "2.1.2",
+        "2.1.3",
+        "2.1.4",
+        "2.1.5",
+        "2.1.6",
+        "2.1.7",
+        "2.1.8",
+        "2.2.1",
+        "2.2.2",
+        "2.3.1",
+        "2.3.2",
+        "2.3.3",
+        "2.3.4",
+    ]
     assert len(rows) == 67
     assert rows["paper_config"].nunique() == len(paper.configs()) == 38
     assert set(paper.TABLE_COLUMNS) == set(paper.tables()) == set(paper.TABLE_TITLES)
@@ -72,10 +87,23 @@ def test_paper_config_ids_are_readable_hydra_names_and_match_the_csv_column():
     assert list(shipped) == list(rows["paper_config"])
     base = rows[(rows["table"] == "2.1.1") & (rows["row"] == 0)]["paper_config"].item()
     assert base == "base-adam-lr1e-3-bs16-e10-ce"
-    assert paper.paper_config_of(dict(model="base", optimizer="adam", lr=1e-4, batch_size=16, epochs=10,
-                                loss="cross_entropy", batch_norm=True, dropout=0.5,
-                                aug="rotation_112", pretrained=False)) \
+    assert (
+        paper.paper_config_of(
+            dict(
+                model="base",
+                optimizer="adam",
+                lr=1e-4,
+                batch_size=16,
+                epochs=10,
+                loss="cross_entropy",
+                batch_norm=True,
+                dropout=0.5,
+                aug="rotation_112",
+                pretrained=False,
+            )
+        )
         == "base-adam-lr1e-4-bs16-e10-ce-bn-drop0p5-rot"
+    )
 
 
 def test_table_columns_cover_what_each_table_varies():
@@ -91,8 +119,9 @@ def test_generated_config_files_are_up_to_date():
     files = paper.render_config_files()
     for rel, text in files.items():
         assert (CONF / rel).read_text() == text, f"{rel} is stale: run scripts/make_paper_configs.py"
-    on_disk = {p.relative_to(CONF).as_posix() for d in ("paper_config", "experiment/paper")
-               for p in (CONF / d).glob("*.yaml")}
+    on_disk = {
+        p.relative_to(CONF).as_posix() for d in ("paper_config", "experiment/paper") for p in (CONF / d).glob("*.yaml")
+    }
     assert on_disk == set(files)
 
 
@@ -100,7 +129,7 @@ def test_generated_config_files_are_up_to_date():
 def test_table_sweep_expands_to_the_paper_rows(table):
     expected = list(paper.table_rows(table)["paper_config"])
     jobs = sweep_jobs(sweep_params(f"paper/{paper.experiment_name(table)}"))
-    assert len(jobs) == len(expected)   # every row of a table is a distinct configuration
+    assert len(jobs) == len(expected)  # every row of a table is a distinct configuration
     assert sorted(rows_of(jobs)) == sorted(expected)
 
 
@@ -117,22 +146,30 @@ def test_paper_configs_compose_to_their_settings(hydra_conf):
     assert len(configs) <= 10
     for c in configs:
         cfg = compose("config", overrides=[f"+paper_config={c['paper_config']}"])
-        ran = dict(model=cfg.model.name, pretrained=cfg.model.pretrained, optimizer=cfg.optim.name,
-                   lr=cfg.lr, batch_size=cfg.batch_size, epochs=cfg.epochs, loss=cfg.loss.name,
-                   batch_norm=cfg.model.batch_norm, dropout=cfg.model.dropout, aug=cfg.aug.name)
+        ran = dict(
+            model=cfg.model.name,
+            pretrained=cfg.model.pretrained,
+            optimizer=cfg.optim.name,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            loss=cfg.loss.name,
+            batch_norm=cfg.model.batch_norm,
+            dropout=cfg.model.dropout,
+            aug=cfg.aug.name,
+        )
         assert paper.paper_config_of(ran) == c["paper_config"]
         assert cfg.paper_config == c["paper_config"]
         assert list(cfg.tags) == c["tables"]
         if c["optimizer"] == "sgd_momentum":
             assert cfg.optim.momentum == 0.9
-        if c["model"] != "base":   # the torchvision transform of Section 2.2
+        if c["model"] != "base":  # the torchvision transform of Section 2.2
             assert (cfg.aug.resize, cfg.aug.crop, cfg.aug.hflip) == (256, 224, 0.0)
 
 
 def test_base_configuration_is_tagged_with_every_table_it_appears_in(hydra_conf):
     cfg = compose("config", overrides=["+paper_config=base-adam-lr1e-3-bs16-e10-ce"])
-    assert list(cfg.tags) == ["2.1.1", "2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7",
-                              "2.1.8", "2.2.1"]
+    assert list(cfg.tags) == ["2.1.1", "2.1.2", "2.1.3", "2.1.4", "2.1.5", "2.1.6", "2.1.7", "2.1.8", "2.2.1"]
 
 
 def test_command_line_overrides_win_over_the_row(hydra_conf):

@@ -3,6 +3,7 @@
 One test (or a few) per numbered item of the attack on animalcls 0.1; items 6, 11 (data layer),
 8, 12 (report) and 13 (predict) have theirs in test_data.py, test_report.py and test_commands.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,11 +47,12 @@ def _row(**values) -> dict:
 
 # ---------------------------------------------------------------- 1. a newline in any cell
 
+
 def test_a_newline_comma_or_quote_in_a_tag_keeps_one_row_and_skips_the_rerun(tmp_path, image_folder, cli):
     tag = 'two\nlines, "quoted" = x'
     args = tiny_train_args(image_folder, f"tags=['{tag}']")
     assert cli(args, tmp_path) == 0
-    assert cli(args, tmp_path) == 0   # skipped: the row is found
+    assert cli(args, tmp_path) == 0  # skipped: the row is found
     table = _table(tmp_path)
     assert len(table) == 1 and table["tags"].iloc[0] == tag
 
@@ -68,13 +70,14 @@ def test_a_torn_tail_with_an_open_quote_cannot_swallow_the_next_row(tmp_path):
     table = tmp_path / "results.csv"
     results.append_row(table, _row(run_id="a"))
     with open(table, "a") as file:
-        file.write('b,ok,2026,"unterminated\nstill')   # kill -9 in the middle of a quoted cell
+        file.write('b,ok,2026,"unterminated\nstill')  # kill -9 in the middle of a quoted cell
     results.append_row(table, _row(run_id="c"))
     assert list(results.load(table)["run_id"]) == ["a", "c"]
     assert "unterminated" in (tmp_path / "results.csv.torn").read_text()
 
 
 # ---------------------------------------------------------------- 2. disk full
+
 
 def _fill(mount: Path, leave: int) -> None:
     """Fill the file system but `leave` bytes (about: tmpfs counts whole pages)."""
@@ -119,6 +122,7 @@ def test_a_run_whose_row_cannot_be_written_says_where_its_record_is(tmp_path, im
 
 # ---------------------------------------------------------------- 3. runs started together
 
+
 def test_runs_started_in_the_same_second_get_their_own_run_dirs(tmp_path, image_folder, cli):
     args = tiny_train_args(image_folder, "force=true")
     for _ in range(3):
@@ -141,8 +145,10 @@ def test_a_run_dir_and_a_run_id_have_one_owner(tmp_path):
 def test_two_identical_runs_started_together_train_once(tmp_path):
     root = make_image_folder(tmp_path / "images", per_class=20)
     args = [sys.executable, "-m", "animalcls", *tiny_train_args(root, "epochs=2")]
-    processes = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300)[1] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     table = _table(tmp_path)
@@ -151,6 +157,7 @@ def test_two_identical_runs_started_together_train_once(tmp_path):
 
 
 # ---------------------------------------------------------------- 4. and 7. resume
+
 
 def _fake_unfinished(cwd: Path, run_dir: Path, run_id: str, text: str | bytes | None = None) -> Path:
     """A resume pointer, as an interrupted run leaves it (or garbled, with `text`)."""
@@ -176,8 +183,10 @@ def test_resume_after_the_data_changed_starts_over_and_says_why(tmp_path, cli):
     root = make_image_folder(tmp_path / "images")
     args, row = _finished_run(tmp_path, cli, root)
     # as an interruption after epoch 2 leaves it; then images are added to the data root
-    resume.write_pointer(str(tmp_path / "outputs" / "results.csv"),
-                         resume.Pointer(Path(row["run_dir"]), row["run_id"], _lineage(args), row["data_id"]))
+    resume.write_pointer(
+        str(tmp_path / "outputs" / "results.csv"),
+        resume.Pointer(Path(row["run_dir"]), row["run_id"], _lineage(args), row["data_id"]),
+    )
     make_image_folder(root, per_class=14, seed=3)
     assert cli(args, tmp_path) == 0
     log = _log_of_last_run(tmp_path)
@@ -193,15 +202,16 @@ def _lineage(args: list[str]) -> str:
     from animalcls.record import Resolved, lineage_id
 
     cfg = compose(args[1:])
-    return lineage_id(cfg, Resolved(choose_precision("auto", torch.device("cpu"), "base"),
-                                    data_identity(scan(cfg.data.root))))
+    return lineage_id(
+        cfg, Resolved(choose_precision("auto", torch.device("cpu"), "base"), data_identity(scan(cfg.data.root)))
+    )
 
 
 def test_a_checkpoint_of_another_split_is_not_resumed(tmp_path, cli, image_folder):
     args, row = _finished_run(tmp_path, cli, image_folder)
     last = Path(row["run_dir"]) / "last.pt"
     state = torch.load(last, weights_only=True)
-    state["meta"]["split_digest"] = "0" * 16   # made on another split
+    state["meta"]["split_digest"] = "0" * 16  # made on another split
     torch.save(state, last)
     _fake_unfinished(tmp_path, Path(row["run_dir"]), row["run_id"])
     assert cli(args + ["force=true"], tmp_path) == 0
@@ -222,7 +232,7 @@ def test_a_truncated_last_pt_is_reported_and_the_run_starts_over(tmp_path, cli, 
 @pytest.mark.parametrize("garbage", ["", b"\xff\xfe\x00garbage", "relative/dir", "[1, 2]"])
 def test_a_garbled_pointer_is_ignored_not_followed(tmp_path, cli, image_folder, garbage):
     args, row = _finished_run(tmp_path, cli, image_folder)
-    shutil.copy(Path(row["run_dir"]) / "last.pt", tmp_path / "last.pt")   # someone else's, in cwd
+    shutil.copy(Path(row["run_dir"]) / "last.pt", tmp_path / "last.pt")  # someone else's, in cwd
     _fake_unfinished(tmp_path, Path(row["run_dir"]), row["run_id"], garbage)
     assert cli(args + ["force=true"], tmp_path) == 0
     log = _log_of_last_run(tmp_path)
@@ -231,17 +241,17 @@ def test_a_garbled_pointer_is_ignored_not_followed(tmp_path, cli, image_folder, 
 
 # ---------------------------------------------------------------- 5. a header from another version
 
+
 def test_an_older_header_is_widened_and_a_newer_one_kept(tmp_path, image_folder, cli):
     table = tmp_path / "outputs" / "results.csv"
     table.parent.mkdir()
     older = [c for c in COLUMNS[:36] if c != "error"]
     newer = [*COLUMNS, "future_column"]
     for header, extra in ((older, {}), (newer, {"future_column": "kept"})):
-        pd.DataFrame([{**{c: "" for c in header}, "run_id": "old", "status": "ok", **extra}]) \
-            .to_csv(table, index=False)
+        pd.DataFrame([{**{c: "" for c in header}, "run_id": "old", "status": "ok", **extra}]).to_csv(table, index=False)
         args = tiny_train_args(image_folder)
         assert cli(args, tmp_path) == 0
-        assert cli(args, tmp_path) == 0   # the new row is found: skipped
+        assert cli(args, tmp_path) == 0  # the new row is found: skipped
         loaded = results.load(table)
         assert list(loaded["run_id"])[0] == "old" and len(loaded) == 2
         if extra:
@@ -250,6 +260,7 @@ def test_an_older_header_is_widened_and_a_newer_one_kept(tmp_path, image_folder,
 
 
 # ---------------------------------------------------------------- 6. a damaged cache, from the CLI
+
 
 def test_a_damaged_cache_is_rebuilt_and_the_run_goes_on(tmp_path, image_folder, cli, capsys):
     args = tiny_train_args(image_folder)
@@ -262,10 +273,14 @@ def test_a_damaged_cache_is_rebuilt_and_the_run_goes_on(tmp_path, image_folder, 
 
 # ---------------------------------------------------------------- 9. the row tells the truth
 
-@pytest.mark.parametrize("override, phrase", [
-    (["model.pretrained=false", "model.weights=w.pth"], "model.weights=w.pth with model.pretrained=false"),
-    (["model.pretrained=true", "model.weights=/nonexistent.pth"], "has no ImageNet weights"),
-])
+
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        (["model.pretrained=false", "model.weights=w.pth"], "model.weights=w.pth with model.pretrained=false"),
+        (["model.pretrained=true", "model.weights=/nonexistent.pth"], "has no ImageNet weights"),
+    ],
+)
 def test_contradictory_pretraining_is_refused(tmp_path, image_folder, cli, capsys, override, phrase):
     model = [] if "model.pretrained=true" in override else ["model=mobilenet_v3_small"]
     _clean_failure(cli(tiny_train_args(image_folder, *model, *override), tmp_path), capsys, phrase)
@@ -274,16 +289,20 @@ def test_contradictory_pretraining_is_refused(tmp_path, image_folder, cli, capsy
 
 # ---------------------------------------------------------------- 10. rough edges
 
-@pytest.mark.parametrize("override, phrase", [
-    ("device=foo", "device='foo' is not a device"),
-    ("seed=-1", "seed must be in"),
-    (f"seed={2**63 + 5}", "seed"),
-    ("eval_batch_size=-1", "eval_batch_size must be >= 0"),
-    ("optim.momentum=-1", "optim.momentum must be >= 0"),
-    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
-    ("aug.mean=[0.5,0.5]", "aug.mean needs one value"),
-    ("aug.std=[0,0,0]", "aug.std needs one value > 0"),
-])
+
+@pytest.mark.parametrize(
+    "override, phrase",
+    [
+        ("device=foo", "device='foo' is not a device"),
+        ("seed=-1", "seed must be in"),
+        (f"seed={2**63 + 5}", "seed"),
+        ("eval_batch_size=-1", "eval_batch_size must be >= 0"),
+        ("optim.momentum=-1", "optim.momentum must be >= 0"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        ("aug.mean=[0.5,0.5]", "aug.mean needs one value"),
+        ("aug.std=[0,0,0]", "aug.std needs one value > 0"),
+    ],
+)
 def test_nonsense_values_are_one_message_and_exit_2(tmp_path, image_folder, cli, capsys, override, phrase):
     code = cli(tiny_train_args(image_folder, override), tmp_path)
     captured = capsys.readouterr()
@@ -292,8 +311,9 @@ def test_nonsense_values_are_one_message_and_exit_2(tmp_path, image_folder, cli,
 
 
 @pytest.mark.parametrize("content, phrase", [("\n", "no header"), ("a,b\n1,2\n", "no run_id")])
-def test_a_results_file_that_is_not_a_table_is_refused_before_training(tmp_path, image_folder, cli, capsys,
-                                                                        content, phrase):
+def test_a_results_file_that_is_not_a_table_is_refused_before_training(
+    tmp_path, image_folder, cli, capsys, content, phrase
+):
     table = tmp_path / "outputs" / "results.csv"
     table.parent.mkdir()
     table.write_text(content)
@@ -321,17 +341,21 @@ def test_a_weights_file_that_runs_code_is_refused_without_a_traceback(tmp_path, 
     class Evil:
         def __reduce__(self):
             return (os.system, ("true",))
+
     torch.save({"w": Evil()}, tmp_path / "evil.pth")
-    code = cli(tiny_train_args(image_folder, "model=mobilenet_v3_small", "model.pretrained=true",
-                               f"model.weights={tmp_path / 'evil.pth'}"), tmp_path)
+    code = cli(
+        tiny_train_args(
+            image_folder, "model=mobilenet_v3_small", "model.pretrained=true", f"model.weights={tmp_path / 'evil.pth'}"
+        ),
+        tmp_path,
+    )
     _clean_failure(code, capsys, "refused to load model.weights")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_first_decode_is_a_clean_interrupted_run(tmp_path, signum):
     root = make_image_folder(tmp_path / "images", classes=3, per_class=150, size=160)
-    args = [sys.executable, "-m", "animalcls", *tiny_train_args(root, "aug.resize=128", "aug.crop=128",
-                                                                 "workers=1")]
+    args = [sys.executable, "-m", "animalcls", *tiny_train_args(root, "aug.resize=128", "aug.crop=128", "workers=1")]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stderr:
@@ -367,11 +391,16 @@ def test_an_interrupted_row_counts_its_epochs(tmp_path, cli):
 
 # ---------------------------------------------------------------- the soak
 
+
 @pytest.mark.slow
 def test_soak_concurrent_runs_with_hostile_tags_and_sigkills_lose_and_merge_nothing(tmp_path):
     """scripts/soak.py, small: 3 workers x 4 runs, 2 SIGKILLs (the full 4 x 50 is in the README)."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
-    done = subprocess.run([sys.executable, str(script), "--workers", "3", "--runs", "4", "--kills", "2",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), "--workers", "3", "--runs", "4", "--kills", "2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok twice []; missing []; tag not as given []" in done.stdout

@@ -1,4 +1,5 @@
 """Bad input, divergence, interruption and resume, concurrent writers, unsafe checkpoints."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -33,12 +34,16 @@ def _assert_clean_failure(code: int, capsys, *phrases: str) -> str:
 
 # ---------------------------------------------------------------- bad data
 
-@pytest.mark.parametrize("layout, phrase", [
-    ("missing", "does not exist"),
-    ("empty", "has no class folders"),
-    ("files_only", "has no class folders"),
-    ("empty_class", "class folder(s) with no images"),
-])
+
+@pytest.mark.parametrize(
+    "layout, phrase",
+    [
+        ("missing", "does not exist"),
+        ("empty", "has no class folders"),
+        ("files_only", "has no class folders"),
+        ("empty_class", "class folder(s) with no images"),
+    ],
+)
 def test_bad_data_roots_fail_with_a_message_and_no_row(tmp_path, cli, capsys, layout, phrase):
     root = tmp_path / "images"
     if layout != "missing":
@@ -86,6 +91,7 @@ def test_unreadable_images_are_skipped_by_the_pil_pipeline_too(tmp_path, image_f
 
 # ---------------------------------------------------------------- checkpoints and predict
 
+
 @pytest.fixture
 def trained(tmp_path, image_folder, cli) -> Path:
     assert cli(tiny_train_args(image_folder), tmp_path) == 0
@@ -105,13 +111,21 @@ def test_bad_checkpoints_are_refused_with_a_message(tmp_path, trained, cli, caps
     checkpoint = torch.load(best, weights_only=True)
     other_arch = tmp_path / "other_arch.pt"
     from animalcls.build import create_model
-    torch.save({**checkpoint, "model": create_model("mobilenet_v3_small", 3, pretrained=False).state_dict()}, other_arch)
+
+    torch.save(
+        {**checkpoint, "model": create_model("mobilenet_v3_small", 3, pretrained=False).state_dict()}, other_arch
+    )
     other_classes = tmp_path / "other_classes.pt"
     meta = {**checkpoint["meta"], "classes": ["a", "b", "c", "d", "e"]}
     torch.save({**checkpoint, "meta": meta}, other_classes)
-    cases = [(tmp_path / "missing.pt", "does not exist"), (truncated, "not a readable checkpoint"),
-             (text_file, "not a readable checkpoint"), (plain, "not an animalcls checkpoint"),
-             (other_arch, "does not fit model=base"), (other_classes, "with 5 classes")]
+    cases = [
+        (tmp_path / "missing.pt", "does not exist"),
+        (truncated, "not a readable checkpoint"),
+        (text_file, "not a readable checkpoint"),
+        (plain, "not an animalcls checkpoint"),
+        (other_arch, "does not fit model=base"),
+        (other_classes, "with 5 classes"),
+    ]
     for path, phrase in cases:
         for command in (["eval", f"ckpt={path}"], ["predict", f"ckpt={path}", f"images=[{path}]"]):
             _assert_clean_failure(cli(command, tmp_path), capsys, phrase)
@@ -125,7 +139,8 @@ class _Exploit:
 def test_a_pickle_that_runs_code_is_refused(tmp_path, cli, capsys):
     evil = tmp_path / "evil.pt"
     import torch
-    torch.save({"model": _Exploit(), "meta": {}}, evil)   # as a tampered checkpoint would be
+
+    torch.save({"model": _Exploit(), "meta": {}}, evil)  # as a tampered checkpoint would be
     _assert_clean_failure(cli(["eval", f"ckpt={evil}"], tmp_path), capsys, "refused to load")
     assert not (tmp_path / "pwned").exists()
 
@@ -135,8 +150,9 @@ def test_predict_rejects_missing_and_non_images(tmp_path, trained, cli, capsys):
     _assert_clean_failure(cli(["predict", f"ckpt={ckpt}", "images=[nope.jpg]"], tmp_path), capsys, "does not exist")
     fake = tmp_path / "fake.jpg"
     fake.write_text("not an image")
-    _assert_clean_failure(cli(["predict", f"ckpt={ckpt}", f"images=[{fake}]"], tmp_path), capsys,
-                          "not a readable image")
+    _assert_clean_failure(
+        cli(["predict", f"ckpt={ckpt}", f"images=[{fake}]"], tmp_path), capsys, "not a readable image"
+    )
 
 
 def test_decompression_bomb_guard_stays_on():
@@ -148,6 +164,7 @@ def test_decompression_bomb_guard_stays_on():
 
 # ---------------------------------------------------------------- the results table
 
+
 def test_missing_empty_and_torn_tables(tmp_path, caplog):
     table = tmp_path / "results.csv"
     assert results.load(table).empty
@@ -155,7 +172,7 @@ def test_missing_empty_and_torn_tables(tmp_path, caplog):
     assert results.load(table).empty
     results.append_row(table, {"run_id": "a", "status": "ok", "test_top1": 50.0})
     results.append_row(table, {"run_id": "b", "status": "ok", "test_top1": 60.0})
-    with open(table, "a") as f:   # a crash in the middle of a write
+    with open(table, "a") as f:  # a crash in the middle of a write
         f.write("c,ok,2026-01-01,base,Fal")
     loaded = results.load(table)
     assert list(loaded["run_id"]) == ["a", "b"]
@@ -166,8 +183,9 @@ def test_missing_empty_and_torn_tables(tmp_path, caplog):
 
 def _append_many(path: str, writer: int) -> None:
     for i in range(50):
-        results.append_row(path, {"run_id": f"w{writer}-{i}", "status": "ok", "test_top1": i,
-                                  "error": "x" * 3000})   # long rows: a torn write would show
+        results.append_row(
+            path, {"run_id": f"w{writer}-{i}", "status": "ok", "test_top1": i, "error": "x" * 3000}
+        )  # long rows: a torn write would show
 
 
 def test_concurrent_writers_lose_and_tear_nothing(tmp_path):
@@ -186,9 +204,10 @@ def test_concurrent_writers_lose_and_tear_nothing(tmp_path):
 
 # ---------------------------------------------------------------- divergence
 
+
 def test_a_diverging_run_is_recorded_and_a_sweep_goes_on(tmp_path, image_folder, cli):
     code = cli(["train", "-m", *tiny_train_args(image_folder, "epochs=3", "optim=sgd")[1:], "lr=1e12,0.001"], tmp_path)
-    assert code == 1   # one job did not end ok
+    assert code == 1  # one job did not end ok
     table = _table(tmp_path).set_index("lr")
     assert table.loc[1e12, "status"] == "diverged" and table.loc[1e12, "epochs_done"] == 1
     assert table.loc[0.001, "status"] == "ok"
@@ -198,15 +217,17 @@ def test_a_diverging_run_is_recorded_and_a_sweep_goes_on(tmp_path, image_folder,
 
 # ---------------------------------------------------------------- interruption and resume
 
-RESUME_ARGS = ["epochs=3", "batch_size=4", "model.dropout=0.5", "aug=rotation_112", "aug.resize=48",
-               "aug.crop=48"]
+RESUME_ARGS = ["epochs=3", "batch_size=4", "model.dropout=0.5", "aug=rotation_112", "aug.resize=48", "aug.crop=48"]
 
 
 def _final_metrics(cwd: Path) -> dict:
     row = _table(cwd).query("status == 'ok'").iloc[-1]
     history = pd.read_csv(Path(row["run_dir"]) / "history.csv")
-    return {"test_top1": row["test_top1"], "val_top1": row["val_top1"],
-            "losses": history["train_loss"].round(6).tolist()}
+    return {
+        "test_top1": row["test_top1"],
+        "val_top1": row["val_top1"],
+        "losses": history["train_loss"].round(6).tolist(),
+    }
 
 
 def _uninterrupted(tmp_path: Path, cli) -> tuple[list[str], dict]:
@@ -255,12 +276,13 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
     args, expected = _uninterrupted(tmp_path, cli)
     killed = tmp_path / "killed"
     killed.mkdir()
-    process = subprocess.Popen([sys.executable, "-m", "animalcls", *args], cwd=killed,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "animalcls", *args], cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _wait_for_first_checkpoint(killed)
     process.kill()
     process.wait()
-    assert not (killed / "outputs" / "results.csv").exists()   # no row: it never ended
+    assert not (killed / "outputs" / "results.csv").exists()  # no row: it never ended
     assert cli(args, killed) == 0
     _assert_resumed(killed)
     assert _final_metrics(killed) == expected

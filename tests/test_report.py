@@ -1,4 +1,5 @@
 """`animalcls report` on small results tables and fake run dirs made here (no training)."""
+
 from __future__ import annotations
 
 import csv
@@ -21,23 +22,54 @@ BEST = "mobilenet_v3_large-sgd-lr1e-1-bs32-e20-ce"
 
 def settings(paper_config: str) -> dict:
     c = paper.configs().set_index("paper_config").loc[paper_config]
-    return dict(model=c["model"], pretrained=bool(c["pretrained"]), optimizer=c["optimizer"],
-                lr=float(c["lr"]), batch_size=int(c["batch_size"]), epochs=int(c["epochs"]),
-                loss=c["loss"], aug=c["augmentation"], batch_norm=bool(c["batch_norm"]),
-                dropout=float(c["dropout"]))
+    return dict(
+        model=c["model"],
+        pretrained=bool(c["pretrained"]),
+        optimizer=c["optimizer"],
+        lr=float(c["lr"]),
+        batch_size=int(c["batch_size"]),
+        epochs=int(c["epochs"]),
+        loss=c["loss"],
+        aug=c["augmentation"],
+        batch_norm=bool(c["batch_norm"]),
+        dropout=float(c["dropout"]),
+    )
 
 
-def row(run_id: str, paper_config: str, seed: int, status: str = "ok", top1: float | None = None,
-        tagged: bool = True, run_dir: str = "", **changes) -> dict:
-    values = {**settings(paper_config), "run_id": run_id, "status": status, "seed": seed,
-              "data": "animals", "timestamp": f"2024-01-01T00:00:{seed:02d}", "run_dir": run_dir,
-              "paper_config": paper_config if tagged else "",
-              "tags": ";".join(paper.configs().set_index("paper_config").loc[paper_config, "tables"])
-              if tagged else "", **changes}
+def row(
+    run_id: str,
+    paper_config: str,
+    seed: int,
+    status: str = "ok",
+    top1: float | None = None,
+    tagged: bool = True,
+    run_dir: str = "",
+    **changes,
+) -> dict:
+    values = {
+        **settings(paper_config),
+        "run_id": run_id,
+        "status": status,
+        "seed": seed,
+        "data": "animals",
+        "timestamp": f"2024-01-01T00:00:{seed:02d}",
+        "run_dir": run_dir,
+        "paper_config": paper_config if tagged else "",
+        "tags": ";".join(paper.configs().set_index("paper_config").loc[paper_config, "tables"]) if tagged else "",
+        **changes,
+    }
     if top1 is not None:
-        values.update(test_top1=top1, test_top3=min(100.0, top1 + 10), test_top5=min(100.0, top1 + 20),
-                      val_top1=top1 - 1, gflops=0.69 if values["model"] == "base" else 0.44,
-                      gmacs_fvcore=0.35, params=1.2e6, train_seconds=60.0, images_per_s=900.0)
+        values.update(
+            test_top1=top1,
+            test_top3=min(100.0, top1 + 10),
+            test_top5=min(100.0, top1 + 20),
+            val_top1=top1 - 1,
+            gflops=0.69 if values["model"] == "base" else 0.44,
+            gmacs_fvcore=0.35,
+            params=1.2e6,
+            train_seconds=60.0,
+            images_per_s=900.0,
+        )
     return values
 
 
@@ -58,24 +90,38 @@ def make_run_dir(folder: Path, data_root: Path, paths: list[str], epochs: int) -
     (folder / ".hydra" / "config.yaml").write_text(
         f"model:\n  name: base\naug:\n  name: default_112\n  mean: [0.485, 0.456, 0.406]\n"
         f"  std: [0.229, 0.224, 0.225]\ndata:\n  name: animals\n  root: {data_root}\n"
-        f"  split: [0.5, 0.0, 0.5]\n")
+        f"  split: [0.5, 0.0, 0.5]\n"
+    )
     epoch = list(range(1, epochs + 1))
-    pd.DataFrame({"epoch": epoch, "train_loss": [2.0 / e for e in epoch],
-                  "train_top1": [30 + 5 * e for e in epoch], "val_loss": [2.2 / e for e in epoch],
-                  "val_top1": [28 + 4 * e for e in epoch], "val_top3": [40 + 4 * e for e in epoch],
-                  "val_top5": [50 + 4 * e for e in epoch], "lr": 0.001, "seconds": 1.0,
-                  "images_per_s": 100.0}).to_csv(folder / "history.csv", index=False)
+    pd.DataFrame(
+        {
+            "epoch": epoch,
+            "train_loss": [2.0 / e for e in epoch],
+            "train_top1": [30 + 5 * e for e in epoch],
+            "val_loss": [2.2 / e for e in epoch],
+            "val_top1": [28 + 4 * e for e in epoch],
+            "val_top3": [40 + 4 * e for e in epoch],
+            "val_top5": [50 + 4 * e for e in epoch],
+            "lr": 0.001,
+            "seconds": 1.0,
+            "images_per_s": 100.0,
+        }
+    ).to_csv(folder / "history.csv", index=False)
     (folder / "metrics.json").write_text(json.dumps({"classes": CLASSES, "test_top1": 50.0}))
     labels = [p.split("/")[0] for p in paths]
-    predicted = [labels[0]] + [CLASSES[(CLASSES.index(l) + 1) % 3] if k % 2 else l
-                               for k, l in enumerate(labels[1:], 1)]
-    pd.DataFrame({"path": paths, "label": labels, "predicted": predicted,
-                  "top5": [";".join(CLASSES)] * len(paths),
-                  "probability": [0.5 + 0.05 * k for k in range(len(paths))]}
-                 ).to_csv(folder / "predictions.csv", index=False)
-    pd.DataFrame({"path": paths, "label": labels,
-                  "split": ["train" if k % 2 else "test" for k in range(len(paths))]}
-                 ).to_csv(folder / "split.csv", index=False)
+    predicted = [labels[0]] + [CLASSES[(CLASSES.index(l) + 1) % 3] if k % 2 else l for k, l in enumerate(labels[1:], 1)]
+    pd.DataFrame(
+        {
+            "path": paths,
+            "label": labels,
+            "predicted": predicted,
+            "top5": [";".join(CLASSES)] * len(paths),
+            "probability": [0.5 + 0.05 * k for k in range(len(paths))],
+        }
+    ).to_csv(folder / "predictions.csv", index=False)
+    pd.DataFrame(
+        {"path": paths, "label": labels, "split": ["train" if k % 2 else "test" for k in range(len(paths))]}
+    ).to_csv(folder / "split.csv", index=False)
     return str(folder)
 
 
@@ -87,7 +133,7 @@ def write_fixture(tmp_path: Path) -> dict:
     best_dir = make_run_dir(tmp_path / "runs" / "best0", tmp_path / "data" / "animals", paths, 20)
     first, second = tmp_path / "results_a.csv", tmp_path / "results_b.csv"
     for values in [
-        row("b0", BASE, 0, status="interrupted"),          # superseded by its ok re-run below
+        row("b0", BASE, 0, status="interrupted"),  # superseded by its ok re-run below
         row("b0", BASE, 0, top1=30.0, run_dir=base_dir),
         row("b1", BASE, 1, top1=34.0),
         row("b2", BASE, 2, top1=38.0),
@@ -102,8 +148,13 @@ def write_fixture(tmp_path: Path) -> dict:
         row("v0", "mobilenet_v2-sgd-lr1e-2-bs16-e10-ce", 0, top1=20.0, epochs=1, data="demo"),
     ]:
         append_row(second, values)
-    return {"results": [str(first), str(second)], "out": tmp_path / "report",
-            "data": tmp_path / "data", "best_dir": best_dir, "paths": paths}
+    return {
+        "results": [str(first), str(second)],
+        "out": tmp_path / "report",
+        "data": tmp_path / "data",
+        "best_dir": best_dir,
+        "paths": paths,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -119,31 +170,41 @@ def table_csv(out: Path, table: str) -> pd.DataFrame:
 
 
 def test_aggregate_seed_repeats_mean_std_n():
-    frame = pd.DataFrame([
-        row("a", BASE, 0, top1=30.0), row("b", BASE, 1, top1=34.0), row("c", BASE, 2, top1=38.0),
-        row("d", BASE, 3, status="failed"), row("e", BASE, 4, status="interrupted"),
-        row("x", "base-adam-lr1e-1-bs16-e10-ce", 0, status="diverged", top1=0.5),
-        row("y", "base-adam-lr1e-1-bs16-e10-ce", 1, top1=2.5),
-        row("z", "base-adam-lr1e-2-bs16-e10-ce", 0, status="failed"),
-    ])
+    frame = pd.DataFrame(
+        [
+            row("a", BASE, 0, top1=30.0),
+            row("b", BASE, 1, top1=34.0),
+            row("c", BASE, 2, top1=38.0),
+            row("d", BASE, 3, status="failed"),
+            row("e", BASE, 4, status="interrupted"),
+            row("x", "base-adam-lr1e-1-bs16-e10-ce", 0, status="diverged", top1=0.5),
+            row("y", "base-adam-lr1e-1-bs16-e10-ce", 1, top1=2.5),
+            row("z", "base-adam-lr1e-2-bs16-e10-ce", 0, status="failed"),
+        ]
+    )
     groups = report.aggregate(report.prepare(frame)).set_index("paper_config")
     base = groups.loc[BASE]
     assert (base["n"], base["n_runs"], base["n_failed"]) == (3, 5, 2)
     assert base["test_top1_mean"] == pytest.approx(34.0)
-    assert base["test_top1_std"] == pytest.approx(4.0)            # sample std, ddof=1
+    assert base["test_top1_std"] == pytest.approx(4.0)  # sample std, ddof=1
     assert base["test_top5_mean"] == pytest.approx(54.0)
     assert base["seeds"] == "0,1,2"
     diverged = groups.loc["base-adam-lr1e-1-bs16-e10-ce"]
-    assert (diverged["n"], diverged["n_diverged"]) == (2, 1)      # a diverged accuracy is real
+    assert (diverged["n"], diverged["n_diverged"]) == (2, 1)  # a diverged accuracy is real
     assert diverged["test_top1_mean"] == pytest.approx(1.5)
     failed = groups.loc["base-adam-lr1e-2-bs16-e10-ce"]
-    assert failed["n"] == 0 and math.isnan(failed["test_top1_mean"])   # never averaged as 0
+    assert failed["n"] == 0 and math.isnan(failed["test_top1_mean"])  # never averaged as 0
 
 
 def test_repeated_run_id_counts_once_and_settings_match_without_paper_config():
-    frame = pd.DataFrame([row("a", BASE, 0, top1=30.0), row("a", BASE, 0, status="interrupted"),
-                          row("r", "resnet18-sgd-lr1e-3-bs16-e10-ce", 0, top1=90.0, tagged=False),
-                          row("s", BASE, 0, top1=20.0, epochs=1, data="demo")])
+    frame = pd.DataFrame(
+        [
+            row("a", BASE, 0, top1=30.0),
+            row("a", BASE, 0, status="interrupted"),
+            row("r", "resnet18-sgd-lr1e-3-bs16-e10-ce", 0, top1=90.0, tagged=False),
+            row("s", BASE, 0, top1=20.0, epochs=1, data="demo"),
+        ]
+    )
     prepared = report.prepare(frame)
     assert len(prepared) == 3
     assert prepared.set_index("run_id").loc["a", "status"] == "ok"
@@ -151,7 +212,7 @@ def test_repeated_run_id_counts_once_and_settings_match_without_paper_config():
     diffs = prepared.set_index("run_id").loc["s", "diffs"]
     assert "epochs=1 (paper 10)" in diffs and "data=demo" in diffs
     groups = report.aggregate(prepared)
-    assert len(groups[groups["paper_config"] == BASE]) == 2           # paper settings kept apart
+    assert len(groups[groups["paper_config"] == BASE]) == 2  # paper settings kept apart
 
 
 def test_report_writes_every_table_and_figure(built):
@@ -160,8 +221,15 @@ def test_report_writes_every_table_and_figure(built):
     for table in paper.tables():
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{paper.experiment_name(table)}.{ext}").is_file()
-    for name in ("accuracy_efficiency", "curves_b0", "curves_m0", "failure_cases",
-                 "class_distribution", "per_class_accuracy", "confusion_matrix"):
+    for name in (
+        "accuracy_efficiency",
+        "curves_b0",
+        "curves_m0",
+        "failure_cases",
+        "class_distribution",
+        "per_class_accuracy",
+        "confusion_matrix",
+    ):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000, name
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 9 and set(runs["status"]) == {"ok", "diverged", "failed"}
@@ -170,7 +238,7 @@ def test_report_writes_every_table_and_figure(built):
 def test_paper_tables_aggregate_seeds_and_mark_missing(built):
     out = built["out"]
     t212 = table_csv(out, "2.1.2").set_index("row")
-    assert list(t212.columns[:3]) == ["table", "lr", "paper_accuracy_pct"]   # the paper's columns
+    assert list(t212.columns[:3]) == ["table", "lr", "paper_accuracy_pct"]  # the paper's columns
     assert t212.loc[0, "reproduced_top1_mean"] == pytest.approx(34.0)
     assert t212.loc[0, "reproduced_top1_std"] == pytest.approx(4.0)
     assert t212.loc[0, "n"] == 3 and t212.loc[0, "diff_pp"] == pytest.approx(34.0 - 37.53)
@@ -181,7 +249,7 @@ def test_paper_tables_aggregate_seeds_and_mark_missing(built):
     assert t212.loc[3, "status"] == "missing (1 failed)"
 
     t221 = table_csv(out, "2.2.1").set_index("row")
-    assert t221.loc[2, "n"] == 1 and t221.loc[2, "reproduced_top1_mean"] == 90.0   # by settings
+    assert t221.loc[2, "n"] == 1 and t221.loc[2, "reproduced_top1_mean"] == 90.0  # by settings
     t222 = table_csv(out, "2.2.2").set_index("row")
     assert "epochs=1 (paper 10)" in t222.loc[3, "note"] and "data=demo" in t222.loc[3, "note"]
     t234 = table_csv(out, "2.3.4").set_index("row")
@@ -195,9 +263,18 @@ def test_paper_tables_aggregate_seeds_and_mark_missing(built):
 
 def test_report_index_links_everything_and_says_what_is_missing(built):
     text = built["index"].read_text()
-    for expected in ("## Coverage", "What is missing", "`base-adam-lr1e-2-bs16-e10-ce` (1 failed; tables 2.1.2)",
-                     "Table 2.3.4", "figures/accuracy_efficiency.png", "figures/failure_cases.png",
-                     "figures/curves_b0.png", "leaves open", "runs.csv", "tables/table_2_1_1.tex"):
+    for expected in (
+        "## Coverage",
+        "What is missing",
+        "`base-adam-lr1e-2-bs16-e10-ce` (1 failed; tables 2.1.2)",
+        "Table 2.3.4",
+        "figures/accuracy_efficiency.png",
+        "figures/failure_cases.png",
+        "figures/curves_b0.png",
+        "leaves open",
+        "runs.csv",
+        "tables/table_2_1_1.tex",
+    ):
         assert expected in text, expected
 
 
@@ -205,7 +282,7 @@ def test_choose_runs_by_config_dir_or_id(built):
     frame = report.prepare(load(built["results"]))
     bases = [Path.cwd()]
     chosen, problems = report.choose_runs(frame, [BEST, "b1", built["best_dir"], "nosuchrun"], bases)
-    assert [r["run_id"] for r in chosen] == ["m0", "b1"]          # the dir is m0's: drawn once
+    assert [r["run_id"] for r in chosen] == ["m0", "b1"]  # the dir is m0's: drawn once
     by_dir, _ = report.choose_runs(frame, [built["best_dir"]], bases)
     assert [r["run_id"] for r in by_dir] == ["m0"]
     assert problems == ["run 'nosuchrun' not found (give a run id, a configuration id or a run dir)"]
@@ -216,8 +293,9 @@ def test_choose_runs_by_config_dir_or_id(built):
 def test_failure_gallery_skips_missing_images(built, tmp_path):
     predictions = report.predictions_of(Path(built["best_dir"]))
     predictions["path"] = "gone/" + predictions["path"]
-    figure, shown = report.figure_failures(predictions, Path(built["best_dir"]), [tmp_path], "t",
-                                           tmp_path / "gallery.png")
+    figure, shown = report.figure_failures(
+        predictions, Path(built["best_dir"]), [tmp_path], "t", tmp_path / "gallery.png"
+    )
     assert (figure, shown) == (None, 0) and not (tmp_path / "gallery.png").exists()
 
 
@@ -242,24 +320,28 @@ def groups_of(*rows: dict) -> pd.DataFrame:
 
 def test_bf16_and_fp32_runs_are_never_pooled():
     # old rows (no repeat_id): the fallback key holds the precision
-    old = groups_of(row("a", BASE, 0, top1=30.0, precision="bf16"),
-                    row("b", BASE, 1, top1=40.0, precision="fp32"))
+    old = groups_of(row("a", BASE, 0, top1=30.0, precision="bf16"), row("b", BASE, 1, top1=40.0, precision="fp32"))
     assert sorted(old["precision"]) == ["bf16", "fp32"] and list(old["n"]) == [1, 1]
     # new rows: the precision is in the repeat_id
-    new = groups_of(row("c", BASE, 0, top1=30.0, **{**V2, "precision": "bf16"}, repeat_id="r-bf16"),
-                    row("d", BASE, 1, top1=40.0, **V2, repeat_id="r-fp32"))
+    new = groups_of(
+        row("c", BASE, 0, top1=30.0, **{**V2, "precision": "bf16"}, repeat_id="r-bf16"),
+        row("d", BASE, 1, top1=40.0, **V2, repeat_id="r-fp32"),
+    )
     assert len(new) == 2 and list(new["n"]) == [1, 1]
 
 
 def test_runs_on_different_splits_are_not_pooled():
-    groups = groups_of(row("a", BASE, 0, top1=30.0, precision="fp32", split="0.85/0.05/0.1"),
-                       row("b", BASE, 1, top1=40.0, precision="fp32", split="0.8/0.1/0.1"))
+    groups = groups_of(
+        row("a", BASE, 0, top1=30.0, precision="fp32", split="0.85/0.05/0.1"),
+        row("b", BASE, 1, top1=40.0, precision="fp32", split="0.8/0.1/0.1"),
+    )
     assert sorted(groups["split"]) == ["0.8/0.1/0.1", "0.85/0.05/0.1"] and list(groups["n"]) == [1, 1]
 
 
 def test_runs_differing_by_seed_alone_are_one_group_with_a_std():
-    groups = groups_of(row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
-                       row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1"))
+    groups = groups_of(
+        row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"), row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1")
+    )
     assert len(groups) == 1
     group = groups.iloc[0]
     assert (group["n"], group["seeds"], group["repeat_key"]) == (2, "0,1", "r1")
@@ -269,19 +351,23 @@ def test_runs_differing_by_seed_alone_are_one_group_with_a_std():
 
 def test_one_seed_counts_once_in_a_group():
     # two old-style run ids for one measurement (e.g. the data set typed as two paths)
-    groups = groups_of(row("a", BASE, 0, top1=30.0, timestamp="2024-01-01T00:00:00"),
-                       row("b", BASE, 0, top1=31.0, timestamp="2024-01-02T00:00:00"),
-                       row("c", BASE, 1, top1=35.0))
+    groups = groups_of(
+        row("a", BASE, 0, top1=30.0, timestamp="2024-01-01T00:00:00"),
+        row("b", BASE, 0, top1=31.0, timestamp="2024-01-02T00:00:00"),
+        row("c", BASE, 1, top1=35.0),
+    )
     group = groups.iloc[0]
     assert (len(groups), group["n"], group["n_runs"], group["seeds"]) == (1, 2, 3, "0,1")
-    assert group["test_top1_mean"] == pytest.approx(33.0)         # the latest of seed 0: 31
+    assert group["test_top1_mean"] == pytest.approx(33.0)  # the latest of seed 0: 31
 
 
 def test_paper_table_shows_one_group_and_counts_the_others(tmp_path):
     table = tmp_path / "results.csv"
-    for values in [row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
-                   row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1"),
-                   row("c", BASE, 0, top1=60.0, **{**V2, "precision": "bf16"}, repeat_id="r2")]:
+    for values in [
+        row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
+        row("b", BASE, 1, top1=34.0, **V2, repeat_id="r1"),
+        row("c", BASE, 0, top1=60.0, **{**V2, "precision": "bf16"}, repeat_id="r2"),
+    ]:
         append_row(table, {k: v for k, v in values.items() if k in record.COLUMNS})
     report.run_report([str(table)], str(tmp_path / "report"))
     t211 = table_csv(tmp_path / "report", "2.1.1").set_index("row")
@@ -291,7 +377,7 @@ def test_paper_table_shows_one_group_and_counts_the_others(tmp_path):
 
 # ---------------------------------------------------------------- tables from animalcls 0.1
 
-OLD_HEADER = record.COLUMNS[:36]   # animalcls 0.1: no record_version, repeat_id, split, ...
+OLD_HEADER = record.COLUMNS[:36]  # animalcls 0.1: no record_version, repeat_id, split, ...
 
 
 def test_a_table_from_animalcls_0_1_loads_and_reports(tmp_path):
@@ -300,10 +386,12 @@ def test_a_table_from_animalcls_0_1_loads_and_reports(tmp_path):
     with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, OLD_HEADER, extrasaction="ignore")
         writer.writeheader()
-        for values in [row("0a1b2c3d4e5f", BASE, 0, top1=30.0, precision="fp32"),
-                       row("0a1b2c3d4e60", BASE, 1, top1=34.0, precision="fp32"),
-                       row("0a1b2c3d4e61", BEST, 0, top1=90.0, precision="bf16")]:
-            writer.writerow({**values, "data": "data/animals"})   # 0.1 recorded the root
+        for values in [
+            row("0a1b2c3d4e5f", BASE, 0, top1=30.0, precision="fp32"),
+            row("0a1b2c3d4e60", BASE, 1, top1=34.0, precision="fp32"),
+            row("0a1b2c3d4e61", BEST, 0, top1=90.0, precision="bf16"),
+        ]:
+            writer.writerow({**values, "data": "data/animals"})  # 0.1 recorded the root
     frame = report.prepare(load([str(table)]))
     assert set(frame["data_name"]) == {"animals"} and (frame["diffs"] == "").all()
     assert frame["repeat_key"].str.startswith("legacy:").all()
@@ -320,8 +408,17 @@ def test_a_table_from_animalcls_0_1_loads_and_reports(tmp_path):
 
 FORMULA = '=HYPERLINK("http://x","y")'
 SCRIPT = "<script>alert(1)</script>"
-HOSTILE = [FORMULA, SCRIPT, "a | b", "one\ntwo\r\nthree", "[link](http://x) `code`", "a\\|b",
-           "+1+cmd|' /C calc'!A0", "@SUM(A1)", "$\\frac{1}{$"]
+HOSTILE = [
+    FORMULA,
+    SCRIPT,
+    "a | b",
+    "one\ntwo\r\nthree",
+    "[link](http://x) `code`",
+    "a\\|b",
+    "+1+cmd|' /C calc'!A0",
+    "@SUM(A1)",
+    "$\\frac{1}{$",
+]
 
 
 def unescaped_pipes(line: str) -> int:
@@ -331,7 +428,7 @@ def unescaped_pipes(line: str) -> int:
 
 def markdown_tables(text: str) -> list[list[str]]:
     blocks, block = [], []
-    for line in text.splitlines():   # as strict as readers come: \u2028 ends a line too
+    for line in text.splitlines():  # as strict as readers come: \u2028 ends a line too
         if line.startswith("|"):
             block.append(line)
         elif block:
@@ -348,9 +445,18 @@ def hostile(tmp_path_factory) -> Path:
     run_dir = make_run_dir(tmp / "runs" / "evil", tmp / "data" / "animals", paths, 3)
     table = tmp / "results.csv"
     for k, text in enumerate(HOSTILE):
-        best = text.startswith("$")   # the best run: its curves are drawn, its title in them
-        values = row(f"h{k}", BASE, k, top1=90.0 if best else 40.0 + k, **V2, repeat_id=f"r{k}",
-                     tags=text, data=text, run_dir=run_dir if best else "")
+        best = text.startswith("$")  # the best run: its curves are drawn, its title in them
+        values = row(
+            f"h{k}",
+            BASE,
+            k,
+            top1=90.0 if best else 40.0 + k,
+            **V2,
+            repeat_id=f"r{k}",
+            tags=text,
+            data=text,
+            run_dir=run_dir if best else "",
+        )
         # even rows: a hostile paper_config; odd rows stand for Table 2.1.1 row 0, so their data
         # name reaches the paper tables' notes
         values["paper_config"] = BASE if k % 2 else text
@@ -367,8 +473,8 @@ def test_csv_cells_for_people_cannot_run_formulas(hostile):
     assert runs["h0"]["tags"] == "'" + FORMULA and runs["h0"]["paper_config"] == "'" + FORMULA
     assert runs["h0"]["data_name"] == "'" + FORMULA
     assert runs["h6"]["tags"].startswith("'+") and runs["h7"]["data_name"] == "'@SUM(A1)"
-    assert runs["neg"]["val_top1"] == "-1.5"                      # a number stays a number
-    assert runs["h1"]["tags"] == SCRIPT                           # harmless in a CSV: kept as is
+    assert runs["neg"]["val_top1"] == "-1.5"  # a number stays a number
+    assert runs["h1"]["tags"] == SCRIPT  # harmless in a CSV: kept as is
     for name in ("paper_comparison.csv", "tables/table_2_1_1.csv"):
         with open(hostile / name, newline="") as f:
             for cells in csv.reader(f):
@@ -378,22 +484,31 @@ def test_csv_cells_for_people_cannot_run_formulas(hostile):
 def test_markdown_cannot_hold_html_links_or_broken_rows(hostile):
     for name in ("report.md", "runs.md", "tables/table_2_1_1.md"):
         text = (hostile / name).read_text()
-        assert "<script>" not in text and not re.search(r"(?<!\\)\]\(http", text), name   # no link
+        assert "<script>" not in text and not re.search(r"(?<!\\)\]\(http", text), name  # no link
         for block in markdown_tables(text):
             assert {unescaped_pipes(line) for line in block} == {unescaped_pipes(block[0])}, name
     text = (hostile / "report.md").read_text()
     assert "&lt;script&gt;" in text and "one two three" in text
-    assert (hostile / "figures" / "curves_h8.png").is_file()      # a '$' in a title is drawn
+    assert (hostile / "figures" / "curves_h8.png").is_file()  # a '$' in a title is drawn
 
 
 def test_escaping_rules_per_format():
     from animalcls.report.text import csv_text, latex_text, md_code, md_text, mpl_text
 
     assert md_text("a<b>&c|d`e[f]g\\h") == "a&lt;b&gt;&amp;c\\|d\\`e\\[f\\]g\\\\h"
-    assert md_text("one\ntwo\rthree\u2028four") == "one two three four"   # every line break
+    assert md_text("one\ntwo\rthree\u2028four") == "one two three four"  # every line break
     assert md_code("base-adam-lr1e-3") == "`base-adam-lr1e-3`" and md_code("a`b") == "a\\`b"
-    assert [csv_text(v) for v in ("=1+1", "+1", "-1+2", "@x", "\tx", "\rx", "-1.5", "1e-3", "a=b")] \
-        == ["'=1+1", "+1", "'-1+2", "'@x", "'\tx", "'\rx", "-1.5", "1e-3", "a=b"]
+    assert [csv_text(v) for v in ("=1+1", "+1", "-1+2", "@x", "\tx", "\rx", "-1.5", "1e-3", "a=b")] == [
+        "'=1+1",
+        "+1",
+        "'-1+2",
+        "'@x",
+        "'\tx",
+        "'\rx",
+        "-1.5",
+        "1e-3",
+        "a=b",
+    ]
     assert csv_text(-1.5) == -1.5
     assert latex_text("50% & [x]\n\ny") == r"50\% \& {[}x{]}  y"
     assert mpl_text("$x$") == r"\$x\$"
@@ -402,6 +517,6 @@ def test_escaping_rules_per_format():
 def test_latex_tables_escape_what_runs_recorded(hostile):
     tex = (hostile / "tables" / "table_2_1_1.tex").read_text()
     assert "<script>" not in tex and r"\textless{}script\textgreater{}" in tex
-    assert "\n\n" not in tex.split(r"\end{tabular}")[0]            # no paragraph break in a row
+    assert "\n\n" not in tex.split(r"\end{tabular}")[0]  # no paragraph break in a row
     note = [line for line in tex.splitlines() if line.startswith("0 &")][0]
-    assert note.count(" & ") == len(paper.TABLE_COLUMNS["2.1.1"]) + 9   # columns stay columns
+    assert note.count(" & ") == len(paper.TABLE_COLUMNS["2.1.1"]) + 9  # columns stay columns

@@ -1,5 +1,6 @@
 """The library layer and the run id: one source for every name, no import circles, an id that
 changes exactly when what a run measures changes, and tables of animalcls 0.1 still working."""
+
 from __future__ import annotations
 
 import ast
@@ -25,6 +26,7 @@ def _table(cwd: Path) -> pd.DataFrame:
 
 # ---------------------------------------------------------------- the shape of the code
 
+
 def _imports(path: Path, package: str) -> set[str]:
     """Every animalcls module `path` imports, at the top or inside a function."""
     found = set()
@@ -49,7 +51,7 @@ def import_graph() -> dict[str, set[str]]:
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         targets = set()
         for imported in _imports(path, package):
-            while imported not in modules and "." in imported:   # `from pkg.mod import name`
+            while imported not in modules and "." in imported:  # `from pkg.mod import name`
                 imported = imported.rpartition(".")[0]
             if imported in modules and imported != name:
                 targets.add(imported)
@@ -66,7 +68,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -116,10 +118,11 @@ def test_unknown_names_raise_instead_of_falling_back():
 @pytest.fixture
 def fake_model():
     def build(num_classes: int, **_: object) -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
-                                   torch.nn.Linear(48, num_classes))
-    registry.register_model(registry.ModelSpec("tiny_fake", "TinyFake", build, default_aug="default_112",
-                                               has_imagenet_weights=False))
+        return torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, num_classes))
+
+    registry.register_model(
+        registry.ModelSpec("tiny_fake", "TinyFake", build, default_aug="default_112", has_imagenet_weights=False)
+    )
     yield "tiny_fake"
     registry.MODELS.remove("tiny_fake")
 
@@ -132,6 +135,7 @@ def test_a_model_added_to_the_registry_trains_with_no_other_change(tmp_path, ima
 
 # ---------------------------------------------------------------- the run id
 
+
 def test_run_ids_are_pinned():
     """Changing these ids makes every recorded run look undone: do it only on purpose."""
     from animalcls.config import compose
@@ -139,8 +143,9 @@ def test_run_ids_are_pinned():
     resolved = Resolved("fp32", "0123456789abcdef")
     assert run_id(compose([]), resolved) == "659545687f68f29e"
     assert run_id(compose(["model=mobilenet_v3_large", "optim=sgd", "lr=0.1"]), resolved) == "e7268b866eb3de05"
-    assert run_id(compose(["+paper_config=base-adam-lr1e-4-bs16-e10-ce-bn-drop0p5-rot"]), resolved) == \
-        "3e54d0fea4d527d1"
+    assert (
+        run_id(compose(["+paper_config=base-adam-lr1e-4-bs16-e10-ce-bn-drop0p5-rot"]), resolved) == "3e54d0fea4d527d1"
+    )
 
 
 def _runs(tmp_path: Path, cli, *variants: list[str]) -> list[int]:
@@ -161,7 +166,7 @@ def test_a_change_in_what_is_measured_gets_its_own_run(tmp_path, image_folder, c
 def test_adding_images_to_the_data_root_gets_its_own_run(tmp_path, image_folder, cli):
     args = tiny_train_args(image_folder)
     assert cli(args, tmp_path) == 0
-    make_image_folder(image_folder, per_class=13, seed=5)   # one more image per class
+    make_image_folder(image_folder, per_class=13, seed=5)  # one more image per class
     assert cli(args, tmp_path) == 0
     table = _table(tmp_path)
     assert len(table) == 2 and table["data_id"].nunique() == 2 and table["run_id"].nunique() == 2
@@ -169,7 +174,7 @@ def test_adding_images_to_the_data_root_gets_its_own_run(tmp_path, image_folder,
 
 def test_one_data_set_spelled_four_ways_or_copied_is_one_run(tmp_path, cli):
     make_image_folder(tmp_path / "tiny")
-    shutil.copytree(tmp_path / "tiny", tmp_path / "copy")   # new mtimes, same files
+    shutil.copytree(tmp_path / "tiny", tmp_path / "copy")  # new mtimes, same files
     spellings = ["tiny", "./tiny", "tiny/", str(tmp_path / "tiny"), "copy"]
     counts = _runs(tmp_path, cli, *(tiny_train_args(Path(s)) for s in spellings))
     assert counts == [1] * len(spellings)
@@ -177,8 +182,14 @@ def test_one_data_set_spelled_four_ways_or_copied_is_one_run(tmp_path, cli):
 
 def test_settings_that_only_change_speed_share_the_run(tmp_path, image_folder, cli):
     base = tiny_train_args(image_folder)
-    counts = _runs(tmp_path, cli, base, base + ["channels_last=true"], base + ["channels_last=false"],
-                   base + ["eval_batch_size=5", "workers=1"])
+    counts = _runs(
+        tmp_path,
+        cli,
+        base,
+        base + ["channels_last=true"],
+        base + ["channels_last=false"],
+        base + ["eval_batch_size=5", "workers=1"],
+    )
     assert counts == [1, 1, 1, 1]
 
 
@@ -198,8 +209,16 @@ def test_the_seed_changes_the_run_but_not_its_repeat_group(tmp_path, image_folde
 
 # ---------------------------------------------------------------- a table of animalcls 0.1
 
-OLD_ARGS = ["data.root=images", "data.cache_dir=cache", "epochs=1", "aug.resize=48", "aug.crop=48",
-            "workers=0", "batch_size=8", "eval_batch_size=16"]
+OLD_ARGS = [
+    "data.root=images",
+    "data.cache_dir=cache",
+    "epochs=1",
+    "aug.resize=48",
+    "aug.crop=48",
+    "workers=0",
+    "batch_size=8",
+    "eval_batch_size=16",
+]
 
 
 @pytest.fixture
@@ -223,7 +242,7 @@ def test_an_old_table_skips_what_it_holds_and_runs_what_it_does_not(tmp_path, ol
     from animalcls.config import compose
 
     assert legacy_run_id(compose(OLD_ARGS)) == results.load(old_table)["run_id"].iloc[0]
-    assert cli(["train", *OLD_ARGS], tmp_path) == 0           # seed=0 is in the old table
+    assert cli(["train", *OLD_ARGS], tmp_path) == 0  # seed=0 is in the old table
     assert len(results.load(old_table)) == 4
     assert cli(["train", *OLD_ARGS, "seed=2"], tmp_path) == 0  # not in it
     table = results.load(old_table)

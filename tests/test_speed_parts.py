@@ -4,6 +4,7 @@ augmentation is random per sample and per call, and `animalcls bench` runs end t
 
 No timing is asserted: speed is what `animalcls bench` measures.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ def _odd_images(root: Path) -> Path:
 
 
 def _aug(resize: int = 48, crop: int = 40, hflip: float = 0.0, rotation: float = 0.0):
-    return OmegaConf.create({"resize": resize, "crop": crop, "hflip": hflip, "rotation": rotation,
-                             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    return OmegaConf.create(
+        {
+            "resize": resize,
+            "crop": crop,
+            "hflip": hflip,
+            "rotation": rotation,
+            "mean": [0.485, 0.456, 0.406],
+            "std": [0.229, 0.224, 0.225],
+        }
+    )
 
 
 def test_cache_holds_the_pixels_of_a_direct_decode_and_of_the_pil_pipeline(tmp_path):
@@ -46,6 +55,7 @@ def test_cache_holds_the_pixels_of_a_direct_decode_and_of_the_pil_pipeline(tmp_p
     assert images.dtype == torch.uint8 and tuple(images.shape) == (len(data.paths), 3, 40, 40)
     eval_transform = pil_transform(_aug(), train=False)
     from PIL import Image
+
     for i, rel in enumerate(data.paths):
         direct = decode_uint8(root / rel, 48, 40)
         with Image.open(root / rel) as image:
@@ -82,7 +92,7 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path):
 
 def _asymmetric_batch(n: int, size: int = 24) -> torch.Tensor:
     image = torch.arange(3 * size * size, dtype=torch.int64).remainder(251).to(torch.uint8).view(3, size, size)
-    image[:, :, : size // 3] = 255   # bright left edge: a flip is visible
+    image[:, :, : size // 3] = 255  # bright left edge: a flip is visible
     return image.expand(n, 3, size, size).contiguous()
 
 
@@ -97,13 +107,13 @@ def test_device_flip_is_random_per_sample_and_per_call():
     def flip_mask(out: torch.Tensor) -> list[bool]:
         mask = []
         for x in out:
-            assert torch.allclose(x, plain) or torch.allclose(x, flipped)   # nothing but a flip
+            assert torch.allclose(x, plain) or torch.allclose(x, flipped)  # nothing but a flip
             mask.append(bool(torch.allclose(x, flipped)))
         return mask
 
     first, second = flip_mask(augment(batch)), flip_mask(augment(batch))
-    assert 0 < sum(first) < n and 0 < sum(second) < n   # some samples flipped, some not
-    assert first != second                              # a new draw each call (each epoch)
+    assert 0 < sum(first) < n and 0 < sum(second) < n  # some samples flipped, some not
+    assert first != second  # a new draw each call (each epoch)
     assert torch.equal(DeviceAugment(_aug(hflip=0.5), train=False)(batch), plain.expand(n, -1, -1, -1))
 
 
@@ -128,7 +138,7 @@ def test_channels_last_changes_the_layout_not_the_values():
     last = DeviceAugment(_aug(), train=False, channels_last=True)(batch)
     assert last.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(plain, last)
-    assert batch.dtype == torch.uint8 and int(batch.max()) == 255   # the input is left alone
+    assert batch.dtype == torch.uint8 and int(batch.max()) == 255  # the input is left alone
 
 
 def test_tensor_batches_cover_every_sample_once_per_epoch_in_a_new_order():
@@ -141,7 +151,7 @@ def test_tensor_batches_cover_every_sample_once_per_epoch_in_a_new_order():
         seen = [(x[:, 0, 0, 0].long(), y) for x, y in batches]
         assert [len(y) for _, y in seen] == [4, 4, 2]
         order = torch.cat([y for _, y in seen])
-        assert torch.equal(torch.cat([x for x, _ in seen]), order)   # images stay with their labels
+        assert torch.equal(torch.cat([x for x, _ in seen]), order)  # images stay with their labels
         assert sorted(order.tolist()) == list(range(10))
         orders.append(order.tolist())
     assert orders[0] != orders[1]
@@ -150,18 +160,30 @@ def test_tensor_batches_cover_every_sample_once_per_epoch_in_a_new_order():
 def test_bench_runs_end_to_end_and_writes_the_ratios(tmp_path, cli):
     root = make_image_folder(tmp_path / "images", classes=3, per_class=10, size=40)
     out = tmp_path / "bench.json"
-    code = cli(["bench", f"data.root={root}", "device=cpu", *TINY, "bench.batches=2", "bench.warmup=1",
-                "bench.eval_batches=1", f"bench.out={out}"], tmp_path)
+    code = cli(
+        [
+            "bench",
+            f"data.root={root}",
+            "device=cpu",
+            *TINY,
+            "bench.batches=2",
+            "bench.warmup=1",
+            "bench.eval_batches=1",
+            f"bench.out={out}",
+        ],
+        tmp_path,
+    )
     assert code == 0
     result = json.loads(out.read_text())
-    assert {"engine_over_limit", "engine_over_limit_fp32", "engine_over_old",
-            "engine_epoch_over_old_epoch"} <= set(result["ratios"])
+    assert {"engine_over_limit", "engine_over_limit_fp32", "engine_over_old", "engine_epoch_over_old_epoch"} <= set(
+        result["ratios"]
+    )
     assert all(v > 0 for v in result["ratios"].values())
     assert {"limit_fp32", "engine_warm", "engine_cold", "old_pil", "eval"} <= set(result["measurements"])
     for key in ("device_name", "threads", "torch", "torchvision", "precision", "channels_last"):
         assert key in result
     assert result["precision"] == "fp32" and result["model"] == "base"
-    assert not (tmp_path / "data").exists()   # the cold cache went to a temporary dir, now gone
+    assert not (tmp_path / "data").exists()  # the cold cache went to a temporary dir, now gone
 
 
 def test_bench_rejects_bad_caps(tmp_path, cli, capsys):

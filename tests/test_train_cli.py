@@ -1,4 +1,5 @@
 """The real `animalcls` CLI end to end on tiny generated data, in-process."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,16 @@ def test_train_writes_run_dir_and_one_results_row(tmp_path, image_folder, cli, c
     assert row["status"] == "ok" and row["epochs_done"] == 2 and row["model"] == "base"
     assert row["gflops"] > 0 and row["gmacs_fvcore"] > 0 and row["params"] > 0
     run_dir = Path(row["run_dir"])
-    for name in ("history.csv", "metrics.json", "last.pt", "best.pt", "predictions.csv", "split.csv",
-                 ".hydra/config.yaml", "train.log"):
+    for name in (
+        "history.csv",
+        "metrics.json",
+        "last.pt",
+        "best.pt",
+        "predictions.csv",
+        "split.csv",
+        ".hydra/config.yaml",
+        "train.log",
+    ):
         assert (run_dir / name).exists(), name
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2]
@@ -74,8 +83,19 @@ def test_demo_data_is_deterministic_and_learnable(tmp_path, cli):
     files = sorted(p.relative_to(first) for p in first.rglob("*.jpg"))
     assert len(files) == 360
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files[::37])
-    code = cli(["train", "data=demo", f"data.root={tmp_path / 'a'}", "data.cache_dir=cache", "epochs=3",
-                "aug.resize=56", "aug.crop=56", "workers=0"], tmp_path)
+    code = cli(
+        [
+            "train",
+            "data=demo",
+            f"data.root={tmp_path / 'a'}",
+            "data.cache_dir=cache",
+            "epochs=3",
+            "aug.resize=56",
+            "aug.crop=56",
+            "workers=0",
+        ],
+        tmp_path,
+    )
     assert code == 0
     row = _table(tmp_path).iloc[0]
     assert row["test_top1"] > 2 * 100 / 6, "the base CNN should beat chance (16.7%) clearly"
@@ -114,40 +134,46 @@ def test_profile_torchvision_model_matches_paper(tmp_path, cli, capsys):
 def test_grayscale_and_small_images_are_accepted(tmp_path, cli):
     from PIL import Image
 
-    root = make_image_folder(tmp_path / "images", size=20)   # smaller than the 48 px crop
+    root = make_image_folder(tmp_path / "images", size=20)  # smaller than the 48 px crop
     Image.new("L", (30, 50), 128).save(root / "class_0" / "gray.jpg")
     assert cli(tiny_train_args(root), tmp_path) == 0
     assert _table(tmp_path).iloc[0]["skipped_files"] == 0
 
 
-@pytest.mark.parametrize("override, message", [
-    ("lr=0", "lr must be > 0"),
-    ("batch_size=0", "batch_size must be >= 1"),
-    ("epochs=0", "epochs must be >= 1"),
-    ("data.split=[0.5,0.2,0.2]", "add up to 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lr=0", "lr must be > 0"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("epochs=0", "epochs must be >= 1"),
+        ("data.split=[0.5,0.2,0.2]", "add up to 1"),
+    ],
+)
 def test_nonsensical_values_fail_before_any_work(tmp_path, image_folder, cli, capsys, override, message):
     assert cli(tiny_train_args(image_folder, override), tmp_path) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "outputs" / "results.csv").exists()
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model=resnet99", "model=resnet99 is not a known model; choose one of: base, mobilenet_v2"),
-    ("optim=adamw", "choose one of: adam, sgd, sgd_momentum"),
-    ("loss=hinge", "choose one of: cross_entropy, multi_margin"),
-    ("aug=big", "choose one of: default_112, imagenet_224, rotation_112"),
-    ("data=cifar", "choose one of: animals, demo"),
-    ("lr=fast", "could not be converted to Float"),
-    ("model.depth=3", "Key 'depth' not in"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model=resnet99", "model=resnet99 is not a known model; choose one of: base, mobilenet_v2"),
+        ("optim=adamw", "choose one of: adam, sgd, sgd_momentum"),
+        ("loss=hinge", "choose one of: cross_entropy, multi_margin"),
+        ("aug=big", "choose one of: default_112, imagenet_224, rotation_112"),
+        ("data=cifar", "choose one of: animals, demo"),
+        ("lr=fast", "could not be converted to Float"),
+        ("model.depth=3", "Key 'depth' not in"),
+    ],
+)
 def test_unknown_names_and_wrong_types_fail_with_the_options(tmp_path, image_folder, cli, capsys, override, message):
     code = cli(tiny_train_args(image_folder, override), tmp_path)
     assert code == (2 if "choose one of" in message else 1)
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
     assert "Traceback" not in captured.out + captured.err
-    assert not (tmp_path / "outputs").exists()   # nothing written
+    assert not (tmp_path / "outputs").exists()  # nothing written
 
 
 def test_an_unknown_option_inside_a_sweep_fails_before_any_job(tmp_path, image_folder, cli, capsys):

@@ -1,4 +1,5 @@
 """Focused tests for the arithmetic: split sizes, top-k, FLOPs, the base CNN, config validation."""
+
 from __future__ import annotations
 
 import urllib.error
@@ -31,12 +32,14 @@ def test_split_is_seeded_disjoint_and_complete():
 
 
 def test_topk_against_hand_made_logits():
-    logits = torch.tensor([
-        [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],   # label 1: top-1 hit
-        [0.5, 0.4, 0.3, 0.0, 0.0, 0.0],   # label 2: third best -> top-3 hit
-        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],   # label 4: fifth best -> top-5 hit
-        [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],   # label 5: sixth -> miss everywhere
-    ])
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.0, 0.0, 0.0, 0.0],  # label 1: top-1 hit
+            [0.5, 0.4, 0.3, 0.0, 0.0, 0.0],  # label 2: third best -> top-3 hit
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # label 4: fifth best -> top-5 hit
+            [0.6, 0.5, 0.4, 0.3, 0.2, 0.1],  # label 5: sixth -> miss everywhere
+        ]
+    )
     target = torch.tensor([1, 2, 4, 5])
     assert topk_correct(logits, target) == {1: 1, 3: 2, 5: 3}
     meter = TopKMeter()
@@ -73,7 +76,7 @@ def test_base_cnn_shapes_and_options():
     assert sum(isinstance(m, torch.nn.Dropout) for m in full.modules()) == 1
     out = full.eval()(torch.zeros(2, 3, 112, 112))
     assert out.shape == (2, 10)
-    assert torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-5)   # log_softmax output
+    assert torch.allclose(out.exp().sum(1), torch.ones(2), atol=1e-5)  # log_softmax output
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "mobilenet_v3_large"])
@@ -99,6 +102,7 @@ def test_offline_pretrained_error_names_the_file(monkeypatch):
 def test_local_weights_file_is_loaded(tmp_path):
     reference = create_model("mobilenet_v3_small", 1000, pretrained=False)
     from torchvision.models import get_model
+
     imagenet = get_model("mobilenet_v3_small", weights=None)
     torch.save(imagenet.state_dict(), tmp_path / "w.pth")
     model = create_model("mobilenet_v3_small", 4, weights=str(tmp_path / "w.pth"))

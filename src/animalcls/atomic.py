@@ -4,6 +4,7 @@ Write a temp file beside the target, fsync it, rename it over the target, fsync 
 any failure (a full disk, a read-only folder) the temp file is removed and the OSError raised, so
 nothing half-written is left behind and the previous file is untouched.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ from typing import IO, Callable
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:   # some file systems do not open folders; the rename is still atomic
+    except OSError:  # some file systems do not open folders; the rename is still atomic
         return
     try:
         os.fsync(fd)
@@ -52,6 +53,7 @@ def torch_save_atomic(obj: object, path: Path) -> None:
     def save(file: IO[bytes]) -> None:
         try:
             torch.save(obj, file)
-        except RuntimeError as exc:   # e.g. "basic_ios::clear: iostream error" on a full disk
+        except RuntimeError as exc:  # e.g. "basic_ios::clear: iostream error" on a full disk
             raise OSError(f"could not write {path}: {exc}") from exc
+
     write_atomic(path, save)

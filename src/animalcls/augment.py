@@ -3,6 +3,7 @@
 Each sample of each batch draws its own flip and rotation from the device's RNG, so every epoch
 sees fresh augmentation although the pixels were decoded once. Input uint8 NCHW, output float.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ class DeviceAugment:
         if self.rotation > 0:
             x = rotate_random(x, self.rotation).contiguous(memory_format=layout)
         mean, std = self._mean_std(x.device)
-        return x.sub_(mean).div_(std)   # ToTensor's /255 folded into mean and std
+        return x.sub_(mean).div_(std)  # ToTensor's /255 folded into mean and std
 
 
 def flip_random(x: torch.Tensor, p: float) -> torch.Tensor:

@@ -8,6 +8,7 @@ never run):
     epoch         the epoch it was saved after
 and, in `last.pt` only (what resume needs): optimizer, history, best_val_top1, rng_cpu, rng_cuda.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -42,27 +43,33 @@ def read(path: str | Path) -> dict[str, Any]:
         raise AnimalclsError(f"checkpoint {path} does not exist; runs keep best.pt and last.pt in their run dir.")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:   # torch raises many types for truncated or foreign files
+    except Exception as exc:  # torch raises many types for truncated or foreign files
         if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower():
             detail = next((line for line in str(exc).splitlines() if "Unsupported" in line), _first_line(exc))
-            raise AnimalclsError(f"refused to load {path}: it holds Python objects that could run code "
-                                 f"when loaded, which checkpoints never need ({detail.strip()[:160]}).") from None
-        raise AnimalclsError(f"{path} is not a readable checkpoint (truncated or another format: "
-                             f"{type(exc).__name__}: {_first_line(exc)}).") from None
+            raise AnimalclsError(
+                f"refused to load {path}: it holds Python objects that could run code "
+                f"when loaded, which checkpoints never need ({detail.strip()[:160]})."
+            ) from None
+        raise AnimalclsError(
+            f"{path} is not a readable checkpoint (truncated or another format: "
+            f"{type(exc).__name__}: {_first_line(exc)})."
+        ) from None
     return migrate(validate(checkpoint, path))
 
 
 def validate(checkpoint: Any, path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "meta" not in checkpoint:
-        raise AnimalclsError(f"{path} is not an animalcls checkpoint (no model and meta entries); "
-                             f"use the best.pt or last.pt of an animalcls run dir.")
+        raise AnimalclsError(
+            f"{path} is not an animalcls checkpoint (no model and meta entries); "
+            f"use the best.pt or last.pt of an animalcls run dir."
+        )
     meta = checkpoint["meta"]
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not meta.get("classes"):
-        raise AnimalclsError(f"{path} is an animalcls checkpoint without its config and classes; "
-                             f"it cannot be rebuilt.")
+        raise AnimalclsError(f"{path} is an animalcls checkpoint without its config and classes; it cannot be rebuilt.")
     if checkpoint.get("format", 1) > FORMAT:
-        raise AnimalclsError(f"{path} was written by a newer animalcls (format {checkpoint['format']}); "
-                             f"upgrade animalcls to read it.")
+        raise AnimalclsError(
+            f"{path} was written by a newer animalcls (format {checkpoint['format']}); upgrade animalcls to read it."
+        )
     return checkpoint
 
 
@@ -90,6 +97,7 @@ def model_from(checkpoint: dict[str, Any], path: str | Path) -> tuple[DictConfig
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
-        raise AnimalclsError(f"{path} does not fit model={cfg.model.name} with {len(classes)} classes: "
-                             f"{_first_line(exc)}") from None
+        raise AnimalclsError(
+            f"{path} does not fit model={cfg.model.name} with {len(classes)} classes: {_first_line(exc)}"
+        ) from None
     return cfg, classes, model.eval()

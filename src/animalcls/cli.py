@@ -3,6 +3,7 @@
 `train` is a Hydra app (so -m sweeps, launchers, --cfg and tab completion work as Hydra users
 expect); the other subcommands compose the same configs without creating a run dir.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,13 +67,13 @@ def _train_app() -> int:
             log.error("error: %s", exc)
             _fail(EXIT_BAD_INPUT)
             return float("nan")
-        except Exception:   # recorded as a failed row; a sweep goes on with the next job
+        except Exception:  # recorded as a failed row; a sweep goes on with the next job
             log.exception("the run failed")
             _fail(EXIT_FAILED)
             return float("nan")
-        if row is None:   # skipped: running elsewhere right now
+        if row is None:  # skipped: running elsewhere right now
             return float("nan")
-        if row["status"] == "interrupted":   # Ctrl-C / SIGTERM ends the whole sweep, cleanly
+        if row["status"] == "interrupted":  # Ctrl-C / SIGTERM ends the whole sweep, cleanly
             sys.exit(EXIT_INTERRUPTED)
         if row["status"] != "ok":
             _fail(EXIT_FAILED)
@@ -81,6 +82,7 @@ def _train_app() -> int:
 
     from animalcls.config import check_group_choices
     from animalcls.errors import AnimalclsError
+
     try:
         check_group_choices(sys.argv[1:])
     except AnimalclsError as exc:
@@ -88,7 +90,8 @@ def _train_app() -> int:
         return EXIT_BAD_INPUT
 
     from animalcls.distributed import with_rank_overrides
-    sys.argv = with_rank_overrides(sys.argv)   # torchrun ranks > 0 write no run dir or log
+
+    sys.argv = with_rank_overrides(sys.argv)  # torchrun ranks > 0 write no run dir or log
     train()
     return _exit_code
 
@@ -103,11 +106,13 @@ def _require_multirun_for_sweeps() -> None:
     hydra_cfg = HydraConfig.get()
     experiments = [v for k, v in hydra_cfg.runtime.choices.items() if k.startswith("experiment") and v]
     if hydra_cfg.mode == RunMode.RUN and experiments:
-        raise AnimalclsError(f"+experiment={experiments[0]} is a sweep over a paper table's rows: add -m, "
-                             f"e.g. `animalcls train -m +experiment={experiments[0]}`.")
+        raise AnimalclsError(
+            f"+experiment={experiments[0]} is a sweep over a paper table's rows: add -m, "
+            f"e.g. `animalcls train -m +experiment={experiments[0]}`."
+        )
 
 
-COMMANDS = ("eval", "predict", "profile", "bench", "report", "results")   # each animalcls.commands.<name>.main
+COMMANDS = ("eval", "predict", "profile", "bench", "report", "results")  # each animalcls.commands.<name>.main
 
 
 def _run_command(command: str, args: list[str]) -> int:

@@ -4,6 +4,7 @@ A wrong type or an unknown key fails while Hydra composes (before any work); a n
 (lr <= 0, ...) fails in `validate` with a message that says what is allowed. The allowed names
 come from `animalcls.registry`.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,9 +24,9 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 class ModelConfig:
     name: str = MISSING
     pretrained: bool = False
-    weights: Optional[str] = None     # a local torchvision state-dict file instead of the hub
-    batch_norm: bool = False          # base CNN only
-    dropout: float = 0.0              # base CNN only
+    weights: Optional[str] = None  # a local torchvision state-dict file instead of the hub
+    batch_norm: bool = False  # base CNN only
+    dropout: float = 0.0  # base CNN only
 
 
 @dataclass
@@ -64,14 +65,15 @@ class DataConfig:
 @dataclass
 class BenchConfig:
     """`animalcls bench` only: how much to measure (never part of a run id)."""
-    batches: int = 8                  # timed training batches per measurement
-    warmup: int = 2                   # untimed batches before each measurement
-    eval_batches: int = 4             # timed evaluation batches
-    rounds: int = 1                   # limit, engine and old path measured alternately this often, pooled
-    statistic: str = "auto"           # img/s from: median | total | auto (median on CPU, total on CUDA)
-    pil: bool = True                  # also measure the old `data.pipeline=pil` path
-    cold: bool = True                 # also decode from scratch into a temporary cache dir
-    out: str = ""                     # JSON path; "" = outputs/bench/<model>-<device>.json
+
+    batches: int = 8  # timed training batches per measurement
+    warmup: int = 2  # untimed batches before each measurement
+    eval_batches: int = 4  # timed evaluation batches
+    rounds: int = 1  # limit, engine and old path measured alternately this often, pooled
+    statistic: str = "auto"  # img/s from: median | total | auto (median on CPU, total on CUDA)
+    pil: bool = True  # also measure the old `data.pipeline=pil` path
+    cold: bool = True  # also decode from scratch into a temporary cache dir
+    out: str = ""  # JSON path; "" = outputs/bench/<model>-<device>.json
 
 
 @dataclass
@@ -123,8 +125,10 @@ def check_group_choices(overrides: list[str]) -> None:
         options = group_options(key)
         for choice in (v.strip() for v in value.strip("[]").split(",")):
             if choice and choice not in options:
-                raise AnimalclsError(f"{key}={choice} is not a known {key}; choose one of: "
-                                     f"{', '.join(options)} (e.g. `{key}={options[0]}`).")
+                raise AnimalclsError(
+                    f"{key}={choice} is not a known {key}; choose one of: "
+                    f"{', '.join(options)} (e.g. `{key}={options[0]}`)."
+                )
 
 
 def register_schema() -> None:
@@ -141,18 +145,19 @@ def compose(overrides: list[str]) -> DictConfig:
     try:
         with initialize_config_module(config_module="animalcls.conf", version_base="1.3"):
             return hydra_compose(config_name="config", overrides=overrides)
-    except Exception as exc:   # Hydra's own messages name the bad override and the options
+    except Exception as exc:  # Hydra's own messages name the bad override and the options
         raise AnimalclsError(str(exc).strip()) from None
 
 
 def _choice(value: str, allowed: Iterable[str], key: str) -> None:
     allowed = list(allowed)
     if value not in allowed:
-        raise AnimalclsError(f"{key}={value!r} is not known; choose one of: {', '.join(allowed)} "
-                             f"(e.g. `{key}={allowed[0]}`).")
+        raise AnimalclsError(
+            f"{key}={value!r} is not known; choose one of: {', '.join(allowed)} (e.g. `{key}={allowed[0]}`)."
+        )
 
 
-MAX_SEED = 2**32 - 1   # numpy's legacy seeding, which seed_everything also sets, takes 32 bits
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which seed_everything also sets, takes 32 bits
 
 
 def _rules(cfg: DictConfig) -> list[tuple[bool, str]]:
@@ -163,35 +168,49 @@ def _rules(cfg: DictConfig) -> list[tuple[bool, str]]:
         (cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); e.g. epochs=10"),
         (0 <= cfg.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (got {cfg.seed}); e.g. seed=0"),
         (cfg.workers >= 0, f"workers must be >= 0 (got {cfg.workers})"),
-        (cfg.eval_batch_size >= 0, f"eval_batch_size must be >= 0, 0 meaning 4 x batch_size "
-                                   f"(got {cfg.eval_batch_size})"),
+        (
+            cfg.eval_batch_size >= 0,
+            f"eval_batch_size must be >= 0, 0 meaning 4 x batch_size (got {cfg.eval_batch_size})",
+        ),
         (optim.momentum >= 0, f"optim.momentum must be >= 0 (got {optim.momentum}); e.g. optim.momentum=0.9"),
         (optim.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {optim.weight_decay})"),
         (0.0 <= cfg.model.dropout < 1.0, f"model.dropout must be in [0, 1) (got {cfg.model.dropout})"),
         (0.0 <= aug.hflip <= 1.0, f"aug.hflip is a probability in [0, 1] (got {aug.hflip})"),
         (0.0 <= aug.rotation <= 180.0, f"aug.rotation is in degrees, 0 to 180 (got {aug.rotation})"),
-        (aug.crop >= 8 and aug.resize >= aug.crop,
-         f"aug.crop must be >= 8 and <= aug.resize (got crop={aug.crop}, resize={aug.resize})"),
-        (len(aug.mean) == 3 and all(0.0 <= m <= 1.0 for m in aug.mean),
-         f"aug.mean needs one value in [0, 1] per RGB channel (got {list(aug.mean)}); "
-         f"e.g. aug.mean=[0.485,0.456,0.406]"),
-        (len(aug.std) == 3 and all(s > 0 for s in aug.std),
-         f"aug.std needs one value > 0 per RGB channel (got {list(aug.std)}); e.g. aug.std=[0.229,0.224,0.225]"),
+        (
+            aug.crop >= 8 and aug.resize >= aug.crop,
+            f"aug.crop must be >= 8 and <= aug.resize (got crop={aug.crop}, resize={aug.resize})",
+        ),
+        (
+            len(aug.mean) == 3 and all(0.0 <= m <= 1.0 for m in aug.mean),
+            f"aug.mean needs one value in [0, 1] per RGB channel (got {list(aug.mean)}); "
+            f"e.g. aug.mean=[0.485,0.456,0.406]",
+        ),
+        (
+            len(aug.std) == 3 and all(s > 0 for s in aug.std),
+            f"aug.std needs one value > 0 per RGB channel (got {list(aug.std)}); e.g. aug.std=[0.229,0.224,0.225]",
+        ),
     ]
 
 
 def _check_model_options(cfg: DictConfig) -> None:
     spec = MODELS.get(cfg.model.name)
     if not spec.base_options and (cfg.model.batch_norm or cfg.model.dropout):
-        raise AnimalclsError("model.batch_norm and model.dropout apply to the base CNN only "
-                             f"(model={cfg.model.name}); drop them or use model=base.")
+        raise AnimalclsError(
+            "model.batch_norm and model.dropout apply to the base CNN only "
+            f"(model={cfg.model.name}); drop them or use model=base."
+        )
     if not spec.has_imagenet_weights and (cfg.model.pretrained or cfg.model.weights):
-        raise AnimalclsError(f"model={cfg.model.name} has no ImageNet weights: drop model.pretrained=true "
-                             f"and model.weights (it trains from scratch, as in the paper).")
+        raise AnimalclsError(
+            f"model={cfg.model.name} has no ImageNet weights: drop model.pretrained=true "
+            f"and model.weights (it trains from scratch, as in the paper)."
+        )
     if cfg.model.weights and not cfg.model.pretrained:
-        raise AnimalclsError(f"model.weights={cfg.model.weights} with model.pretrained=false: say which one "
-                             f"you mean (model.pretrained=true loads that file; drop model.weights to "
-                             f"train from scratch).")
+        raise AnimalclsError(
+            f"model.weights={cfg.model.weights} with model.pretrained=false: say which one "
+            f"you mean (model.pretrained=true loads that file; drop model.weights to "
+            f"train from scratch)."
+        )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -212,6 +231,8 @@ def validate(cfg: DictConfig) -> None:
             raise AnimalclsError(message)
     split = list(cfg.data.split)
     if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
-        raise AnimalclsError(f"data.split must be three fractions train,val,test that add up to 1 "
-                             f"(got {split}); e.g. data.split=[0.85,0.05,0.10]")
+        raise AnimalclsError(
+            f"data.split must be three fractions train,val,test that add up to 1 "
+            f"(got {split}); e.g. data.split=[0.85,0.05,0.10]"
+        )
     _check_model_options(cfg)

@@ -7,6 +7,7 @@ Two pipelines feed the same engine with uint8 NCHW batches:
 - `pil`: the paper's notebook path, ImageFolder-style decoding with PIL transforms in DataLoader
   workers every epoch. Kept for comparison (`animalcls bench`) and for data too large to cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,6 +44,7 @@ Indices = npt.NDArray[np.int64]
 @dataclass
 class Dataset:
     """The scanned data set: image paths relative to root, their class index, and class names."""
+
     root: Path
     paths: list[str]
     labels: Indices
@@ -58,9 +60,11 @@ def scan(root: str | os.PathLike[str]) -> Dataset:
     """
     root = Path(root)
     if not root.is_dir():
-        raise AnimalclsError(f"data root {root} does not exist. Put an ImageFolder tree there "
-                             f"(<root>/<class>/<image>.jpg) or point data.root=... at one; "
-                             f"`data=demo` uses the embedded demo set.")
+        raise AnimalclsError(
+            f"data root {root} does not exist. Put an ImageFolder tree there "
+            f"(<root>/<class>/<image>.jpg) or point data.root=... at one; "
+            f"`data=demo` uses the embedded demo set."
+        )
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise AnimalclsError(f"data root {root} has no class folders: expected <root>/<class>/<image>.jpg.")
@@ -76,12 +80,19 @@ def scan(root: str | os.PathLike[str]) -> Dataset:
         paths += [str(p.relative_to(root)) for p in files]
         labels += [index] * len(files)
     if empty:
-        raise AnimalclsError(f"class folder(s) with no images under {root}: {', '.join(empty[:10])}. "
-                             f"Remove them or add images ({', '.join(IMAGE_EXTENSIONS)}).")
+        raise AnimalclsError(
+            f"class folder(s) with no images under {root}: {', '.join(empty[:10])}. "
+            f"Remove them or add images ({', '.join(IMAGE_EXTENSIONS)})."
+        )
     if ignored:
         examples = ", ".join(str(p.relative_to(root)) for p in sorted(ignored)[:3])
-        log.info("ignored %d non-image file(s) under %s (e.g. %s); images are %s",
-                 len(ignored), root, examples, " ".join(IMAGE_EXTENSIONS))
+        log.info(
+            "ignored %d non-image file(s) under %s (e.g. %s); images are %s",
+            len(ignored),
+            root,
+            examples,
+            " ".join(IMAGE_EXTENSIONS),
+        )
     return Dataset(root, paths, np.asarray(labels, dtype=np.int64), classes)
 
 
@@ -90,7 +101,7 @@ def _class_files(folder: Path) -> tuple[list[Path], list[Path]]:
     images: list[Path] = []
     others: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]   # os.walk then skips them
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # os.walk then skips them
         for name in filenames:
             if name.startswith("."):
                 continue
@@ -127,26 +138,31 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> dict[str, In
     """A seeded random split; the same n, fractions and seed always give the same indices."""
     order = np.random.default_rng(seed).permutation(n)
     n_train, n_val, _ = split_sizes(n, fractions)
-    return {"train": np.sort(order[:n_train]), "val": np.sort(order[n_train:n_train + n_val]),
-            "test": np.sort(order[n_train + n_val:])}
+    return {
+        "train": np.sort(order[:n_train]),
+        "val": np.sort(order[n_train : n_train + n_val]),
+        "test": np.sort(order[n_train + n_val :]),
+    }
 
 
 def manifest(data: Dataset, split: dict[str, Indices]) -> pd.DataFrame:
     """The split as a table (path, label, label_idx, split), saved in every run dir."""
     import pandas as pd
 
-    rows = [(data.paths[i], data.classes[data.labels[i]], int(data.labels[i]), name)
-            for name in SPLITS for i in split[name]]
+    rows = [
+        (data.paths[i], data.classes[data.labels[i]], int(data.labels[i]), name) for name in SPLITS for i in split[name]
+    ]
     return pd.DataFrame(rows, columns=["path", "label", "label_idx", "split"])
 
 
 # ---------------------------------------------------------------- decoding
 
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """RGB for any PIL mode. 16-bit and float images are scaled to 8 bit first, because PIL's own
     convert("RGB") clips them: a 16-bit 30000 becomes 255, a float 0.5 becomes 0."""
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        image = Image.fromarray(_eight_bit(image))   # uint8 2-D array: mode "L"
+        image = Image.fromarray(_eight_bit(image))  # uint8 2-D array: mode "L"
     return image.convert("RGB")
 
 
@@ -154,9 +170,9 @@ def _eight_bit(image: Image.Image) -> npt.NDArray[np.uint8]:
     values = np.nan_to_num(np.asarray(image, dtype=np.float64))
     peak = float(values.max()) if values.size else 0.0
     if image.mode.startswith("I;16") or (image.mode == "I" and peak > 255):
-        values = values / 257            # 65535 -> 255
+        values = values / 257  # 65535 -> 255
     elif image.mode == "F" and peak <= 1.0:
-        values = values * 255            # a float image in [0, 1]
+        values = values * 255  # a float image in [0, 1]
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
@@ -200,9 +216,14 @@ class _Cache(NamedTuple):
     bad_reason: list[str]
 
 
-def load_cache(data: Dataset, resize: int, crop: int, cache_dir: str | os.PathLike[str],
-               workers: int = 2, should_stop: Callable[[], bool] | None = None,
-               ) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+def load_cache(
+    data: Dataset,
+    resize: int,
+    crop: int,
+    cache_dir: str | os.PathLike[str],
+    workers: int = 2,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[torch.Tensor, list[tuple[str, str]]]:
     """All images as uint8 [N,3,crop,crop], decoded once per file list and settings.
 
     Returns the tensor and the (path, reason) of unreadable images (their slot is zeros). Parallel
@@ -226,7 +247,7 @@ def _read_cache(file: Path, count: int, crop: int) -> tuple[_Cache | None, str]:
         return None, ""
     try:
         blob = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:   # truncated, empty, garbage: torch raises many kinds, none name the file
+    except Exception as exc:  # truncated, empty, garbage: torch raises many kinds, none name the file
         return None, f"{type(exc).__name__}: {_first_line(exc)}"
     problem = _cache_problem(blob, count, crop)
     if problem:
@@ -241,17 +262,22 @@ def _cache_problem(blob: Any, count: int, crop: int) -> str:
     images, index, reason = blob["images"], blob["bad_index"], blob["bad_reason"]
     want = (count, 3, crop, crop)
     if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or tuple(images.shape) != want:
-        got = (f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor)
-               else type(images).__name__)
+        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
         return f"images are {got}, expected torch.uint8 {list(want)}"
-    if (not isinstance(index, torch.Tensor) or index.dim() != 1 or not isinstance(reason, list)
-            or len(reason) != index.numel() or bool(((index < 0) | (index >= count)).any())):
+    if (
+        not isinstance(index, torch.Tensor)
+        or index.dim() != 1
+        or not isinstance(reason, list)
+        or len(reason) != index.numel()
+        or bool(((index < 0) | (index >= count)).any())
+    ):
         return "malformed list of unreadable images"
     return ""
 
 
-def _build_locked(data: Dataset, resize: int, crop: int, file: Path, workers: int,
-                  should_stop: Callable[[], bool] | None) -> _Cache:
+def _build_locked(
+    data: Dataset, resize: int, crop: int, file: Path, workers: int, should_stop: Callable[[], bool] | None
+) -> _Cache:
     """Build (or repair) the cache file under its lock; the lock file needs a writable dir."""
     from filelock import FileLock
 
@@ -267,24 +293,29 @@ def _build_locked(data: Dataset, resize: int, crop: int, file: Path, workers: in
         _build_cache(data, resize, crop, file, workers, should_stop)
         cache, damage = _read_cache(file, len(data.paths), crop)
     if cache is None:
-        raise AnimalclsError(f"the decode cache {file} was just written but cannot be read back "
-                             f"({damage or 'missing'}); check that disk or set data.cache_dir=... elsewhere.")
+        raise AnimalclsError(
+            f"the decode cache {file} was just written but cannot be read back "
+            f"({damage or 'missing'}); check that disk or set data.cache_dir=... elsewhere."
+        )
     return cache
 
 
 def _require_writable(cache_dir: Path) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        writable = os.access(cache_dir, os.W_OK)   # also False on a read-only mount, even for root
+        writable = os.access(cache_dir, os.W_OK)  # also False on a read-only mount, even for root
     except OSError:
         writable = False
     if not writable:
-        raise AnimalclsError(f"the decode cache must be built but its dir {cache_dir} is not writable; "
-                             f"point data.cache_dir=... at a writable directory.")
+        raise AnimalclsError(
+            f"the decode cache must be built but its dir {cache_dir} is not writable; "
+            f"point data.cache_dir=... at a writable directory."
+        )
 
 
-def _build_cache(data: Dataset, resize: int, crop: int, file: Path, workers: int,
-                 should_stop: Callable[[], bool] | None = None) -> None:
+def _build_cache(
+    data: Dataset, resize: int, crop: int, file: Path, workers: int, should_stop: Callable[[], bool] | None = None
+) -> None:
     from tqdm.auto import tqdm
 
     log.info("decoding %d images once into %s (%dpx)", len(data.paths), file, crop)
@@ -292,8 +323,10 @@ def _build_cache(data: Dataset, resize: int, crop: int, file: Path, workers: int
     bad_index: list[int] = []
     bad_reason: list[str] = []
     paths = [data.root / rel for rel in data.paths]
-    with closing(_decoded(paths, resize, crop, workers)) as results, \
-            tqdm(total=len(paths), desc="decode", leave=False, disable=None, unit="img") as bar:
+    with (
+        closing(_decoded(paths, resize, crop, workers)) as results,
+        tqdm(total=len(paths), desc="decode", leave=False, disable=None, unit="img") as bar,
+    ):
         for i, result in enumerate(results):
             if isinstance(result, str):
                 bad_index.append(i)
@@ -302,13 +335,13 @@ def _build_cache(data: Dataset, resize: int, crop: int, file: Path, workers: int
                 images[i] = result
             bar.update(1)
             if should_stop is not None and should_stop():
-                raise Interrupted()   # closing() cancels the queued decodes; nothing was written
-    _save_atomically({"images": images, "bad_index": torch.tensor(bad_index, dtype=torch.long),
-                      "bad_reason": bad_reason}, file)
+                raise Interrupted()  # closing() cancels the queued decodes; nothing was written
+    _save_atomically(
+        {"images": images, "bad_index": torch.tensor(bad_index, dtype=torch.long), "bad_reason": bad_reason}, file
+    )
 
 
-def _decoded(paths: list[Path], resize: int, crop: int,
-             workers: int) -> Generator[torch.Tensor | str, None, None]:
+def _decoded(paths: list[Path], resize: int, crop: int, workers: int) -> Generator[torch.Tensor | str, None, None]:
     """Each path decoded (or the reason it failed), in order. PIL releases the GIL while decoding
     and resizing, so threads scale across cores. Only a few decodes per thread are queued at a
     time: memory stays flat for any data set, and closing the iterator (a stop) waits for at most
@@ -341,9 +374,11 @@ def _save_atomically(blob: dict[str, Any], file: Path) -> None:
         os.replace(tmp, file)
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
-        raise AnimalclsError(f"could not write the decode cache {file}: {_reason(exc)}. Free some space "
-                             f"there or point data.cache_dir=... at another disk.") from None
-    except BaseException:   # Ctrl-C mid-write: leave no temp file behind
+        raise AnimalclsError(
+            f"could not write the decode cache {file}: {_reason(exc)}. Free some space "
+            f"there or point data.cache_dir=... at another disk."
+        ) from None
+    except BaseException:  # Ctrl-C mid-write: leave no temp file behind
         tmp.unlink(missing_ok=True)
         raise
 
@@ -365,6 +400,7 @@ def _first_line(exc: BaseException) -> str:
 
 def find_unreadable(data: Dataset, workers: int = 2) -> list[tuple[str, str]]:
     """For the PIL pipeline: fully decode each file once to find the ones that would crash later."""
+
     def check(rel: str) -> tuple[str, str] | None:
         try:
             with Image.open(data.root / rel) as image:
@@ -379,6 +415,7 @@ def find_unreadable(data: Dataset, workers: int = 2) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------- loaders
 
+
 class TensorBatches:
     """Batches of a uint8 image tensor: a shuffled, seeded order per epoch; optional rank sharding.
 
@@ -386,8 +423,17 @@ class TensorBatches:
     memory and copied asynchronously, so the copy overlaps with the previous step's compute.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device,
-                 shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.images, self.labels = images, labels
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -404,7 +450,7 @@ class TensorBatches:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
         n = len(range(self.rank, self.labels.shape[0], self.world_size))
@@ -420,8 +466,8 @@ class TensorBatches:
         order = self._order().to(self.images.device)
         labels_order = order.to(self.labels.device)
         for start in range(0, order.shape[0], self.batch_size):
-            x = self.images.index_select(0, order[start:start + self.batch_size])
-            y = self.labels.index_select(0, labels_order[start:start + self.batch_size])
+            x = self.images.index_select(0, order[start : start + self.batch_size])
+            y = self.labels.index_select(0, labels_order[start : start + self.batch_size])
             if self.pin:
                 x, y = x.pin_memory(), y.pin_memory()
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -459,16 +505,32 @@ def pil_transform(aug: DictConfig, train: bool) -> Transform:
 class PILBatches:
     """DataLoader over PIL-decoded images, yielding device tensors like TensorBatches."""
 
-    def __init__(self, data: Dataset, index: Indices, aug: DictConfig, train: bool, batch_size: int,
-                 device: torch.device, workers: int, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        data: Dataset,
+        index: Indices,
+        aug: DictConfig,
+        train: bool,
+        batch_size: int,
+        device: torch.device,
+        workers: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         index = index[rank::world_size]
-        dataset = _PILDataset(data.root, [data.paths[i] for i in index], data.labels[index],
-                              pil_transform(aug, train))
+        dataset = _PILDataset(data.root, [data.paths[i] for i in index], data.labels[index], pil_transform(aug, train))
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=train, num_workers=workers, generator=self.generator,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=workers,
+            generator=self.generator,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
         self.device = device
         self.num_samples = len(dataset)
 

@@ -4,6 +4,7 @@ Six classes that differ in shape, colour and texture, drawn with random position
 and background noise, so that the base CNN has something real to learn and a few epochs on a CPU
 beat chance (1/6) clearly. Same seed, same bytes: every machine gets the same demo data.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,22 +75,21 @@ def ensure_demo_data(root: str | Path, images_per_class: int = IMAGES_PER_CLASS,
     from filelock import FileLock
 
     root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / ".generate.lock"), timeout=600):   # parallel jobs: one generates
+    with FileLock(str(root / ".generate.lock"), timeout=600):  # parallel jobs: one generates
         if not marker.exists():
             _generate(root, marker, images_per_class, seed)
     return root
 
 
 def _generate(root: Path, marker: Path, images_per_class: int, seed: int) -> None:
-    log.info("generating the demo data set under %s (%d classes x %d images)", root,
-             len(CLASSES), images_per_class)
+    log.info("generating the demo data set under %s (%d classes x %d images)", root, len(CLASSES), images_per_class)
     for index, (name, (shape, colour, texture)) in enumerate(CLASSES.items()):
         folder = root / name
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, index])
         for i in range(images_per_class):
             image = _draw(shape, colour, texture, rng)
-            if i % 20 == 7:   # real sets have grayscale JPEGs; the loader must cope
+            if i % 20 == 7:  # real sets have grayscale JPEGs; the loader must cope
                 image = image.convert("L")
             image.save(folder / f"{name}_{i:03d}.jpg", quality=90)
     marker.write_text("complete\n")

@@ -11,6 +11,7 @@ Who does what in a run of N processes:
 - rank 0 alone decides (skip-if-done, resume) and writes (run dir, checkpoints, results row); the
   other ranks send Hydra's run dir and log nowhere (see `hydra_overrides_for_rank`).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -31,8 +32,7 @@ log = logging.getLogger(__name__)
 
 def env_ranks() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) as torchrun sets them; (0, 1, 0) in a plain process."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def hydra_overrides_for_rank() -> list[str]:
@@ -44,9 +44,15 @@ def hydra_overrides_for_rank() -> list[str]:
         return []
     scratch = tempfile.mkdtemp(prefix=f"animalcls-rank{rank}-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-    return [f"hydra.run.dir='{scratch}'", f"hydra.sweep.dir='{scratch}'", "hydra.sweep.subdir=.",
-            "hydra.output_subdir=null", f"hydra.job_logging.handlers.file.filename='{os.devnull}'",
-            "hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=WARNING"]
+    return [
+        f"hydra.run.dir='{scratch}'",
+        f"hydra.sweep.dir='{scratch}'",
+        "hydra.sweep.subdir=.",
+        "hydra.output_subdir=null",
+        f"hydra.job_logging.handlers.file.filename='{os.devnull}'",
+        "hydra.job_logging.root.level=WARNING",
+        "hydra.hydra_logging.root.level=WARNING",
+    ]
 
 
 def with_rank_overrides(argv: list[str]) -> list[str]:
@@ -63,7 +69,7 @@ def with_rank_overrides(argv: list[str]) -> list[str]:
     overrides = overrides.overrides
     end = len(args)
     for i in range(len(args) - len(overrides), -1, -1):
-        if overrides and args[i:i + len(overrides)] == overrides:
+        if overrides and args[i : i + len(overrides)] == overrides:
             end = i + len(overrides)
             break
     return [argv[0], *args[:end], *extra, *args[end:]]
@@ -72,6 +78,7 @@ def with_rank_overrides(argv: list[str]) -> list[str]:
 @dataclass
 class Context:
     """This process's place in the run; world_size 1 means a plain single-process run."""
+
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -101,7 +108,7 @@ class Context:
         if self.is_main:
             try:
                 box[0] = ("ok", compute())
-            except Exception as exc:   # re-raised below, on rank 0 and the others alike
+            except Exception as exc:  # re-raised below, on rank 0 and the others alike
                 box[0] = ("error", exc)
         torch.distributed.broadcast_object_list(box, src=0, device=self._comm)
         kind, value = box[0]
@@ -129,7 +136,7 @@ class Context:
         total = sum(p.shape[0] for p in parts)
         out = torch.empty((total, *parts[0].shape[1:]), dtype=parts[0].dtype)
         for rank, part in enumerate(parts):
-            out[rank::self.world_size] = part
+            out[rank :: self.world_size] = part
         return out
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
@@ -138,7 +145,7 @@ class Context:
             return
         with torch.no_grad():
             for value in module.state_dict().values():
-                staged = value.to(self._comm)   # the tensor itself when already there
+                staged = value.to(self._comm)  # the tensor itself when already there
                 torch.distributed.broadcast(staged, src=0)
                 if staged is not value:
                     value.copy_(staged)
@@ -149,6 +156,7 @@ class Context:
         if not self.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
+
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -158,8 +166,9 @@ class Context:
         have one step more; those < N images sit out that epoch (the next permutation differs)."""
         if not self.enabled:
             return batches
-        steps = min(math.ceil(len(range(r, num_samples, self.world_size)) / per_rank_batch)
-                    for r in range(self.world_size))
+        steps = min(
+            math.ceil(len(range(r, num_samples, self.world_size)) / per_rank_batch) for r in range(self.world_size)
+        )
         return batches if len(batches) == steps else EvenSteps(batches, steps)
 
 
@@ -195,25 +204,30 @@ def setup(device: torch.device, requested: str = "auto") -> Context:
         return Context(device)
     if device.type == "cuda":
         if requested not in ("auto", "cuda") and device.index not in (None, local_rank):
-            log.warning("device=%s ignored under torchrun: rank %d uses cuda:%d (LOCAL_RANK)",
-                        requested, rank, local_rank)
+            log.warning(
+                "device=%s ignored under torchrun: rank %d uses cuda:%d (LOCAL_RANK)", requested, rank, local_rank
+            )
         if local_rank >= torch.cuda.device_count():
-            raise AnimalclsError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA "
-                                 f"device(s) are visible; use --nproc_per_node <= the GPUs per node.")
+            raise AnimalclsError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA "
+                f"device(s) are visible; use --nproc_per_node <= the GPUs per node."
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if _context is not None:
         if _context.device != device:
-            raise AnimalclsError(f"one torchrun process cannot switch devices between runs "
-                                 f"({_context.device}, then {device}); sweep devices in separate launches.")
+            raise AnimalclsError(
+                f"one torchrun process cannot switch devices between runs "
+                f"({_context.device}, then {device}); sweep devices in separate launches."
+            )
         return _context
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size)
         atexit.register(_shutdown)
-    backend = torch.distributed.get_backend()   # the group's own, should someone else have made it
+    backend = torch.distributed.get_backend()  # the group's own, should someone else have made it
     log.info("data-parallel: rank %d of %d (%s, %s)", rank, world_size, device, backend)
-    comm = device if backend == "nccl" else torch.device("cpu")   # where collectives' tensors live
+    comm = device if backend == "nccl" else torch.device("cpu")  # where collectives' tensors live
     _context = Context(device, rank, world_size, local_rank, comm)
     return _context
 

@@ -3,6 +3,7 @@
 The engine knows nothing about configs, paper tables or files beyond its checkpoint callback: it
 takes a model, batch iterators of uint8 images, an augmenter and an optimizer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,9 +27,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class StepSettings:
     device: torch.device
-    precision: str = "fp32"            # fp32 | bf16 | fp16
+    precision: str = "fp32"  # fp32 | bf16 | fp16
     stop: threading.Event = field(default_factory=threading.Event)
-    progress: bool = True               # a tqdm bar when stderr is a terminal
+    progress: bool = True  # a tqdm bar when stderr is a terminal
 
     def autocast(self):
         if self.precision == "fp32":
@@ -40,8 +41,15 @@ class StepSettings:
 def _bar(batches, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(batches, total=len(batches), desc=desc, unit="batch", leave=False,
-                disable=None if enabled else True, dynamic_ncols=True)
+    return tqdm(
+        batches,
+        total=len(batches),
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=None if enabled else True,
+        dynamic_ncols=True,
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -50,9 +58,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, criterion: nn.Module,
-               optimizer: torch.optim.Optimizer, settings: StepSettings,
-               scaler: Optional[torch.amp.GradScaler] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward under autocast, backward, optimizer step; returns the logits and the loss."""
     with settings.autocast():
         logits = model(inputs)
@@ -68,10 +82,17 @@ def train_step(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, cri
     return logits, loss
 
 
-def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.Module,
-                    optimizer: torch.optim.Optimizer, settings: StepSettings,
-                    scaler: Optional[torch.amp.GradScaler] = None, desc: str = "train",
-                    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    batches,
+    augment: Callable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    scaler: Optional[torch.amp.GradScaler] = None,
+    desc: str = "train",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict:
     """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite.
 
     With `reduce` (DDP) the loss, top-1 and images/s are those of all processes together, so every
@@ -90,13 +111,25 @@ def train_one_epoch(model: nn.Module, batches, augment: Callable, criterion: nn.
         meter.load_state(reduce(meter.state()))
     seconds = time.perf_counter() - start
     count = meter.count
-    return {"train_loss": meter.loss, "train_top1": meter.accuracy(1), "seconds": seconds,
-            "images_per_s": count / max(seconds, 1e-9), "finite": math.isfinite(meter.loss)}
+    return {
+        "train_loss": meter.loss,
+        "train_top1": meter.accuracy(1),
+        "seconds": seconds,
+        "images_per_s": count / max(seconds, 1e-9),
+        "finite": math.isfinite(meter.loss),
+    }
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches, augment: Callable, criterion: nn.Module, settings: StepSettings,
-             keep_outputs: bool = False, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+def evaluate(
+    model: nn.Module,
+    batches,
+    augment: Callable,
+    criterion: nn.Module,
+    settings: StepSettings,
+    keep_outputs: bool = False,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
     """Loss and top-1/3/5 over the batches; optionally the logits and labels, for predictions.
 
     `reduce` sums the meter's raw counts across processes (DDP), so every rank reports the metrics
@@ -123,18 +156,29 @@ def evaluate(model: nn.Module, batches, augment: Callable, criterion: nn.Module,
 @dataclass
 class FitResult:
     history: list[dict]
-    status: str                 # ok | diverged
+    status: str  # ok | diverged
     best_epoch: int
     best_val_top1: float
     train_seconds: float
 
 
-def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, eval_augment: Callable,
-        criterion: nn.Module, optimizer: torch.optim.Optimizer, settings: StepSettings, epochs: int,
-        start_epoch: int = 0, history: Iterable[dict] = (), best_val_top1: float = -1.0,
-        on_epoch_end: Callable[[int, list[dict], bool], None] | None = None,
-        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        eval_model: nn.Module | None = None) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_batches,
+    val_batches,
+    train_augment: Callable,
+    eval_augment: Callable,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    epochs: int,
+    start_epoch: int = 0,
+    history: Iterable[dict] = (),
+    best_val_top1: float = -1.0,
+    on_epoch_end: Callable[[int, list[dict], bool], None] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    eval_model: nn.Module | None = None,
+) -> FitResult:
     """Train for `epochs` (continuing at `start_epoch`), validating after each epoch.
 
     `eval_model` validates instead of `model` (DDP: the unwrapped module, so that evaluation on
@@ -149,14 +193,32 @@ def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, e
     status = "ok"
     for epoch in range(start_epoch + 1, epochs + 1):
         train_batches.set_epoch(epoch)
-        stats = train_one_epoch(model, train_batches, train_augment, criterion, optimizer, settings,
-                                scaler, desc=f"epoch {epoch}/{epochs}", reduce=reduce)
-        val = evaluate(model if eval_model is None else eval_model, val_batches, eval_augment, criterion,
-                       settings, reduce=reduce)
-        row = {"epoch": epoch, "train_loss": stats["train_loss"], "train_top1": stats["train_top1"],
-               "val_loss": val["loss"], "val_top1": val["top1"], "val_top3": val["top3"],
-               "val_top5": val["top5"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": stats["seconds"], "images_per_s": stats["images_per_s"]}
+        stats = train_one_epoch(
+            model,
+            train_batches,
+            train_augment,
+            criterion,
+            optimizer,
+            settings,
+            scaler,
+            desc=f"epoch {epoch}/{epochs}",
+            reduce=reduce,
+        )
+        val = evaluate(
+            model if eval_model is None else eval_model, val_batches, eval_augment, criterion, settings, reduce=reduce
+        )
+        row = {
+            "epoch": epoch,
+            "train_loss": stats["train_loss"],
+            "train_top1": stats["train_top1"],
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top3": val["top3"],
+            "val_top5": val["top5"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": stats["seconds"],
+            "images_per_s": stats["images_per_s"],
+        }
         history.append(row)
         is_best = stats["finite"] and val["top1"] > best_val_top1
         if is_best:
@@ -165,8 +227,7 @@ def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, e
         if on_epoch_end is not None:
             on_epoch_end(epoch, history, is_best)
         if not stats["finite"]:
-            log.warning("training loss is %s at epoch %d: the run diverged; stopping early",
-                        stats["train_loss"], epoch)
+            log.warning("training loss is %s at epoch %d: the run diverged; stopping early", stats["train_loss"], epoch)
             status = "diverged"
             break
     return FitResult(history, status, best_epoch, best_val_top1, sum(h["seconds"] for h in history))
@@ -175,9 +236,18 @@ def fit(model: nn.Module, train_batches, val_batches, train_augment: Callable, e
 def _log_epoch(row: dict, epochs: int, history: list[dict]) -> None:
     mean_seconds = sum(h["seconds"] for h in history) / len(history)
     eta = mean_seconds * (epochs - row["epoch"])
-    log.info("epoch %d/%d  train loss %.4f top1 %.2f%%  val loss %.4f top1 %.2f%% top5 %.2f%%  "
-             "%.0f img/s  %.1fs  ETA %s", row["epoch"], epochs, row["train_loss"], row["train_top1"],
-             row["val_loss"], row["val_top1"], row["val_top5"], row["images_per_s"], row["seconds"],
-             time.strftime("%H:%M:%S", time.gmtime(eta)))
+    log.info(
+        "epoch %d/%d  train loss %.4f top1 %.2f%%  val loss %.4f top1 %.2f%% top5 %.2f%%  %.0f img/s  %.1fs  ETA %s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_top1"],
+        row["val_loss"],
+        row["val_top1"],
+        row["val_top5"],
+        row["images_per_s"],
+        row["seconds"],
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )
     if sys.stderr.isatty():
         sys.stderr.flush()

@@ -1,4 +1,5 @@
 """Accuracy arithmetic: top-k hits, confusion matrix, per-class accuracy."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -34,11 +35,12 @@ class TopKMeter:
     host-device synchronisation (on CUDA, the engine's step is otherwise launch-bound at small
     batch sizes).
     """
+
     FOLD_EVERY = 32
 
     def __init__(self, ks: Iterable[int] = TOPK) -> None:
         self.ks = tuple(ks)
-        self._sums: torch.Tensor | None = None   # [count, loss_sum, hits_k...]
+        self._sums: torch.Tensor | None = None  # [count, loss_sum, hits_k...]
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def update(self, logits: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
@@ -55,9 +57,13 @@ class TopKMeter:
         losses = torch.stack([p[2].to(logits.device) for p in self._pending]).double()
         # non_blocking: a small pageable copy that does not wait for the device
         weights = torch.tensor(sizes, dtype=torch.float64).to(logits.device, non_blocking=True)
-        row = torch.cat([torch.full((1,), float(sum(sizes)), dtype=torch.float64, device=logits.device),
-                         (losses * weights).sum().view(1),
-                         topk_hits(logits, target, self.ks).double()])
+        row = torch.cat(
+            [
+                torch.full((1,), float(sum(sizes)), dtype=torch.float64, device=logits.device),
+                (losses * weights).sum().view(1),
+                topk_hits(logits, target, self.ks).double(),
+            ]
+        )
         self._sums = row if self._sums is None else self._sums + row
         self._pending.clear()
 

@@ -1,4 +1,5 @@
 """The models: the paper's base CNN, and torchvision models with a new head (registered in registry.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,7 @@ class BaseCNN(nn.Module):
     log_softmax, as in the paper (cross entropy on log-probabilities gives the same loss).
     """
 
-    def __init__(self, num_classes: int, batch_norm: bool = False, dropout: float = 0.0,
-                 input_size: int = 112) -> None:
+    def __init__(self, num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 5)
         self.conv2 = nn.Conv2d(64, 128, 3)
@@ -85,12 +85,16 @@ def _read_weights_file(path: Path, name: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise AnimalclsError(f"refused to load model.weights={path}: it holds Python objects that could "
-                             f"run code when loaded; give a plain state dict of {name} "
-                             f"({str(exc).strip().splitlines()[0][:120]}).") from None
-    except Exception as exc:   # truncated, not a torch file
-        raise AnimalclsError(f"model.weights={path} is not a readable state dict of {name} "
-                             f"({type(exc).__name__}: {str(exc).strip()[:120]}).") from None
+        raise AnimalclsError(
+            f"refused to load model.weights={path}: it holds Python objects that could "
+            f"run code when loaded; give a plain state dict of {name} "
+            f"({str(exc).strip().splitlines()[0][:120]})."
+        ) from None
+    except Exception as exc:  # truncated, not a torch file
+        raise AnimalclsError(
+            f"model.weights={path} is not a readable state dict of {name} "
+            f"({type(exc).__name__}: {str(exc).strip()[:120]})."
+        ) from None
 
 
 def load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> None:
@@ -98,8 +102,10 @@ def load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> No
     if weights_file:
         path = Path(weights_file).expanduser()
         if not path.is_file():
-            raise AnimalclsError(f"model.weights={weights_file}: no such file. Give the path of a "
-                                 f"torchvision ImageNet state dict for {name}.")
+            raise AnimalclsError(
+                f"model.weights={weights_file}: no such file. Give the path of a "
+                f"torchvision ImageNet state dict for {name}."
+            )
         state = _read_weights_file(path, name)
     else:
         weights = _imagenet_weights(name)
@@ -112,15 +118,15 @@ def load_pretrained(model: nn.Module, name: str, weights_file: str | None) -> No
                 f"could not get the ImageNet weights for {name} ({type(exc).__name__}: {exc}). "
                 f"This machine may be offline: download {weights.url} elsewhere and place it at "
                 f"{target}, or pass model.weights=/path/to/{filename}, or train from scratch with "
-                f"model.pretrained=false.") from None
+                f"model.pretrained=false."
+            ) from None
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as exc:
         raise AnimalclsError(f"the weights do not fit {name}: {str(exc).splitlines()[0]}") from None
 
 
-def torchvision_with_head(name: str, head: str, num_classes: int, pretrained: bool,
-                          weights: str | None) -> nn.Module:
+def torchvision_with_head(name: str, head: str, num_classes: int, pretrained: bool, weights: str | None) -> nn.Module:
     """torchvision's `name`, with ImageNet weights when asked, and a new `num_classes` head."""
     from torchvision.models import get_model
 

@@ -9,6 +9,7 @@ results column `paper_config`, and the report's columns. The Hydra files under
 `render_config_files` (`python scripts/make_paper_configs.py` writes them), so the CSV is the
 single source. Model, optimizer, loss and augmentation facts come from `animalcls.registry`.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,14 +19,24 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
 
-if TYPE_CHECKING:   # pandas is imported on first use, so importing this module stays cheap
+if TYPE_CHECKING:  # pandas is imported on first use, so importing this module stays cheap
     import pandas as pd
 
 PAPER_CSV = Path(__file__).with_name("paper_results.csv")
 
 # The settings that define a configuration (the paper's columns, spelled out).
-SETTINGS = ("model", "pretrained", "optimizer", "lr", "batch_size", "epochs", "loss",
-            "batch_norm", "dropout", "augmentation")
+SETTINGS = (
+    "model",
+    "pretrained",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "loss",
+    "batch_norm",
+    "dropout",
+    "augmentation",
+)
 
 # The paper's own column headings per table (besides "Experiment" and "Accuracy"); the
 # report shows these settings, in this order, so each table reads like the paper's.
@@ -67,19 +78,34 @@ TABLE_TITLES: dict[str, str] = {
 # What the paper leaves open, and where this project's choice is made, as (key, question, choice);
 # the report adds the values the runs actually used, read from their resolved configs.
 OPEN_SETTINGS: tuple[tuple[str, str, str], ...] = (
-    ("batch_norm", "Position of the base CNN's 3 extra batch-norm layers",
-     "after conv1, conv2 and conv3, before each ReLU (src/animalcls/models.py, conf/model/base.yaml)"),
-    ("rotation", "Rotation angle of the `rotation_112` augmentation",
-     "uniform in +-aug.rotation degrees (conf/aug/rotation_112.yaml)"),
-    ("norm", "Mean/std used to normalise the base CNN's input",
-     "ImageNet mean/std (conf/aug/default_112.yaml)"),
-    ("accuracy", "Which accuracy the tables report (the paper says 'top-3 predictions out of 5 guesses')",
-     "the report compares top-1 test accuracy with the paper and also shows top-3 / top-5"),
-    ("batch_size", "Batch size of Tables 2.1.1 and 2.1.2 (captions say 10, row 0 is the base default 16)",
-     "16, the base default, so row 0 is one configuration across tables"),
-    ("split", "The random split (85/5/10 %)",
-     "one seeded split manifest per data set, saved as split.csv in every run dir"),
+    (
+        "batch_norm",
+        "Position of the base CNN's 3 extra batch-norm layers",
+        "after conv1, conv2 and conv3, before each ReLU (src/animalcls/models.py, conf/model/base.yaml)",
+    ),
+    (
+        "rotation",
+        "Rotation angle of the `rotation_112` augmentation",
+        "uniform in +-aug.rotation degrees (conf/aug/rotation_112.yaml)",
+    ),
+    ("norm", "Mean/std used to normalise the base CNN's input", "ImageNet mean/std (conf/aug/default_112.yaml)"),
+    (
+        "accuracy",
+        "Which accuracy the tables report (the paper says 'top-3 predictions out of 5 guesses')",
+        "the report compares top-1 test accuracy with the paper and also shows top-3 / top-5",
+    ),
+    (
+        "batch_size",
+        "Batch size of Tables 2.1.1 and 2.1.2 (captions say 10, row 0 is the base default 16)",
+        "16, the base default, so row 0 is one configuration across tables",
+    ),
+    (
+        "split",
+        "The random split (85/5/10 %)",
+        "one seeded split manifest per data set, saved as split.csv in every run dir",
+    ),
 )
+
 
 def _sci(x: float) -> str:
     """0.001 -> '1e-3', 0.0005 -> '5e-4', 0.0015 -> '1p5e-3': short, exact, no dots."""
@@ -120,15 +146,20 @@ def paper_config_of(settings: Mapping[str, Any]) -> str:
     model = str(settings["model"])
     spec = MODELS.get(model) if model in MODELS else None
     aug = settings.get("augmentation", settings.get("aug"))
-    default = spec.default_aug if spec else None   # an unknown model has no default: always say it
+    default = spec.default_aug if spec else None  # an unknown model has no default: always say it
     aug = default if _is_missing(aug) else str(aug)
-    parts = [model, _short(OPTIMIZERS, str(settings["optimizer"])),
-             f"lr{_sci(settings['lr'])}", f"bs{int(settings['batch_size'])}",
-             f"e{int(settings['epochs'])}", _short(LOSSES, str(settings["loss"]))]
+    parts = [
+        model,
+        _short(OPTIMIZERS, str(settings["optimizer"])),
+        f"lr{_sci(settings['lr'])}",
+        f"bs{int(settings['batch_size'])}",
+        f"e{int(settings['epochs'])}",
+        _short(LOSSES, str(settings["loss"])),
+    ]
     pretrained = as_bool(settings.get("pretrained"))
-    if pretrained != (spec.has_imagenet_weights if spec else True):   # the paper's default
+    if pretrained != (spec.has_imagenet_weights if spec else True):  # the paper's default
         parts.append("pretrained" if pretrained else "scratch")
-    if spec is not None and spec.base_options:   # batch_norm / dropout exist on the base CNN only
+    if spec is not None and spec.base_options:  # batch_norm / dropout exist on the base CNN only
         if as_bool(settings.get("batch_norm")):
             parts.append("bn")
         dropout = as_float(settings.get("dropout"))
@@ -221,18 +252,27 @@ def render_paper_config(config: Mapping[str, Any]) -> str:
     ]
     if config["notes"]:
         lines.append(f"# Paper notes: {config['notes']}")
-    lines += [f"# {GENERATED}", "defaults:",
-              f"  - override /model: {model}",
-              f"  - override /optim: {config['optimizer']}",
-              f"  - override /loss: {config['loss']}"]
+    lines += [
+        f"# {GENERATED}",
+        "defaults:",
+        f"  - override /model: {model}",
+        f"  - override /optim: {config['optimizer']}",
+        f"  - override /loss: {config['loss']}",
+    ]
     # explicit even where the model config picks the same one: the row is the paper's row
     lines.append(f"  - override /aug: {config['augmentation']}")
-    lines += ["", f"lr: {decimal_text(config['lr'])}", f"batch_size: {int(config['batch_size'])}",
-              f"epochs: {int(config['epochs'])}"]
+    lines += [
+        "",
+        f"lr: {decimal_text(config['lr'])}",
+        f"batch_size: {int(config['batch_size'])}",
+        f"epochs: {int(config['epochs'])}",
+    ]
     model_keys = []
     if has_base_options(model):
-        model_keys = [f"  batch_norm: {str(bool(config['batch_norm'])).lower()}",
-                      f"  dropout: {decimal_text(config['dropout'])}"]
+        model_keys = [
+            f"  batch_norm: {str(bool(config['batch_norm'])).lower()}",
+            f"  dropout: {decimal_text(config['dropout'])}",
+        ]
     if bool(config["pretrained"]) != MODELS.get(model).has_imagenet_weights:
         model_keys.append(f"  pretrained: {str(bool(config['pretrained'])).lower()}")
     if model_keys:
@@ -242,33 +282,39 @@ def render_paper_config(config: Mapping[str, Any]) -> str:
 
 
 def _render_sweep(title: str, ids: list[str], usage: str) -> str:
-    return "\n".join([
-        "# @package _global_",
-        f"# {title}",
-        f"# {len(ids)} distinct configurations. Run: {usage}",
-        "# Add seed=0,1,2 for repeats; any other override (e.g. epochs=1 data=demo) applies to every row.",
-        f"# {GENERATED}",
-        "hydra:",
-        "  sweeper:",
-        "    params:",
-        f"      +paper_config: {','.join(ids)}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# @package _global_",
+            f"# {title}",
+            f"# {len(ids)} distinct configurations. Run: {usage}",
+            "# Add seed=0,1,2 for repeats; any other override (e.g. epochs=1 data=demo) applies to every row.",
+            f"# {GENERATED}",
+            "hydra:",
+            "  sweeper:",
+            "    params:",
+            f"      +paper_config: {','.join(ids)}",
+            "",
+        ]
+    )
 
 
 def render_table_experiment(table: str) -> str:
     ids = list(dict.fromkeys(table_rows(table)["paper_config"]))
-    return _render_sweep(f"Table {table} of the paper: {TABLE_TITLES.get(table, '')}", ids,
-                         f"animalcls train -m +experiment=paper/{experiment_name(table)}")
+    return _render_sweep(
+        f"Table {table} of the paper: {TABLE_TITLES.get(table, '')}",
+        ids,
+        f"animalcls train -m +experiment=paper/{experiment_name(table)}",
+    )
 
 
 def render_config_files() -> dict[str, str]:
     """Every generated file, as {path relative to conf/: text}."""
-    files = {f"paper_config/{c['paper_config']}.yaml": render_paper_config(c)
-             for c in configs().to_dict("records")}
+    files = {f"paper_config/{c['paper_config']}.yaml": render_paper_config(c) for c in configs().to_dict("records")}
     for table in tables():
         files[f"experiment/paper/{experiment_name(table)}.yaml"] = render_table_experiment(table)
     files["experiment/paper/all.yaml"] = _render_sweep(
-        "Every table of the paper, each distinct configuration once", list(configs()["paper_config"]),
-        "animalcls train -m +experiment=paper/all")
+        "Every table of the paper, each distinct configuration once",
+        list(configs()["paper_config"]),
+        "animalcls train -m +experiment=paper/all",
+    )
     return files

@@ -4,6 +4,7 @@ The paper's "efficiency" is FLOPs = 2 x multiply-adds over convolution and linea
 what torch.utils.flop_counter.FlopCounterMode counts. fvcore counts multiply-adds (and batch-norm),
 so its number is labelled GMACs, never FLOPs.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,11 @@ def profile_model(model: nn.Module, input_size: int, latency: bool = False) -> d
     """All the cost numbers of a model at an input size; the model is put in eval mode, on the CPU."""
     was_training = model.training
     model = model.eval()
-    stats = {"params": count_params(model), "gmacs_fvcore": gmacs_fvcore(model, input_size),
-             "gflops": gflops(model, input_size)}
+    stats = {
+        "params": count_params(model),
+        "gmacs_fvcore": gmacs_fvcore(model, input_size),
+        "gflops": gflops(model, input_size),
+    }
     if latency:
         stats["latency_ms"] = cpu_latency_ms(model, input_size)
     model.train(was_training)

@@ -13,6 +13,7 @@
 A setting added later enters the hash only when it differs from its default, so adding one keeps
 every existing id.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,30 +28,83 @@ from omegaconf import DictConfig, OmegaConf
 from animalcls.atomic import write_text_atomic
 
 RECORD_VERSION = 2
-RECORD_FILE = "record.json"   # the run's record in its run dir: the truth the table indexes
+RECORD_FILE = "record.json"  # the run's record in its run dir: the truth the table indexes
 
 COLUMNS = [
-    "run_id", "status", "timestamp",
-    "model", "pretrained", "optimizer", "lr", "batch_size", "epochs", "loss", "aug",
-    "batch_norm", "dropout", "seed", "data", "precision",
-    "val_top1", "val_top3", "val_top5", "test_top1", "test_top3", "test_top5",
-    "gmacs_fvcore", "gflops", "params", "train_seconds", "images_per_s", "epochs_done",
-    "skipped_files", "device", "versions", "git_commit", "run_dir", "paper_config", "tags", "error",
+    "run_id",
+    "status",
+    "timestamp",
+    "model",
+    "pretrained",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "loss",
+    "aug",
+    "batch_norm",
+    "dropout",
+    "seed",
+    "data",
+    "precision",
+    "val_top1",
+    "val_top3",
+    "val_top5",
+    "test_top1",
+    "test_top3",
+    "test_top5",
+    "gmacs_fvcore",
+    "gflops",
+    "params",
+    "train_seconds",
+    "images_per_s",
+    "epochs_done",
+    "skipped_files",
+    "device",
+    "versions",
+    "git_commit",
+    "run_dir",
+    "paper_config",
+    "tags",
+    "error",
     # record_version 2
-    "record_version", "repeat_id", "data_id", "split", "test_on", "pipeline", "weights",
-    "momentum", "weight_decay",
+    "record_version",
+    "repeat_id",
+    "data_id",
+    "split",
+    "test_on",
+    "pipeline",
+    "weights",
+    "momentum",
+    "weight_decay",
 ]
 STATUSES = ("ok", "diverged", "failed", "interrupted", "pruned")
 # Columns read as text whatever they hold (a run id of digits only, a tag of "1.0").
-TEXT_COLUMNS = ("run_id", "repeat_id", "data_id", "status", "tags", "paper_config", "data", "error",
-                "run_dir", "split", "weights", "versions", "git_commit", "device", "timestamp")
+TEXT_COLUMNS = (
+    "run_id",
+    "repeat_id",
+    "data_id",
+    "status",
+    "tags",
+    "paper_config",
+    "data",
+    "error",
+    "run_dir",
+    "split",
+    "weights",
+    "versions",
+    "git_commit",
+    "device",
+    "timestamp",
+)
 
 
 @dataclass(frozen=True)
 class Resolved:
     """What a config leaves to the machine and the data, decided before training."""
-    precision: str        # fp32 | bf16 | fp16, as chosen for this device and model
-    data_id: str          # animalcls.data.data_identity of the scanned data set
+
+    precision: str  # fp32 | bf16 | fp16, as chosen for this device and model
+    data_id: str  # animalcls.data.data_identity of the scanned data set
 
 
 def _floats(values: Any) -> list[float]:
@@ -71,18 +125,36 @@ def measured_settings(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
     aug = cfg.aug
     return {
         "version": RECORD_VERSION,
-        "model": {"name": cfg.model.name, "pretrained": bool(cfg.model.pretrained),
-                  "weights": weights_identity(cfg.model.weights) if cfg.model.pretrained else "",
-                  "batch_norm": bool(cfg.model.batch_norm), "dropout": float(cfg.model.dropout)},
-        "optim": {"name": cfg.optim.name, "momentum": float(cfg.optim.momentum),
-                  "weight_decay": float(cfg.optim.weight_decay)},
+        "model": {
+            "name": cfg.model.name,
+            "pretrained": bool(cfg.model.pretrained),
+            "weights": weights_identity(cfg.model.weights) if cfg.model.pretrained else "",
+            "batch_norm": bool(cfg.model.batch_norm),
+            "dropout": float(cfg.model.dropout),
+        },
+        "optim": {
+            "name": cfg.optim.name,
+            "momentum": float(cfg.optim.momentum),
+            "weight_decay": float(cfg.optim.weight_decay),
+        },
         "loss": cfg.loss.name,
-        "aug": {"resize": int(aug.resize), "crop": int(aug.crop), "hflip": float(aug.hflip),
-                "rotation": float(aug.rotation), "mean": _floats(aug.mean), "std": _floats(aug.std)},
-        "lr": float(cfg.lr), "batch_size": int(cfg.batch_size), "epochs": int(cfg.epochs),
+        "aug": {
+            "resize": int(aug.resize),
+            "crop": int(aug.crop),
+            "hflip": float(aug.hflip),
+            "rotation": float(aug.rotation),
+            "mean": _floats(aug.mean),
+            "std": _floats(aug.std),
+        },
+        "lr": float(cfg.lr),
+        "batch_size": int(cfg.batch_size),
+        "epochs": int(cfg.epochs),
         "seed": int(cfg.seed),
-        "precision": resolved.precision, "test_on": cfg.test_on, "pipeline": cfg.data.pipeline,
-        "split": _floats(cfg.data.split), "data": resolved.data_id,
+        "precision": resolved.precision,
+        "test_on": cfg.test_on,
+        "pipeline": cfg.data.pipeline,
+        "split": _floats(cfg.data.split),
+        "data": resolved.data_id,
     }
 
 
@@ -113,8 +185,9 @@ def legacy_run_id(cfg: DictConfig) -> str:
     """The run id of animalcls 0.1 (a hash of the config as typed): rows written before
     record_version 2 are matched by it, so an old table still skips what it holds."""
     keys = ("model", "optim", "loss", "aug", "lr", "batch_size", "epochs", "seed", "amp", "channels_last")
-    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k])
-                else cfg[k] for k in keys}
+    settings = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys
+    }
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(data, dict)
     settings["data"] = {"name": data["name"], "root": data["root"], "split": data["split"]}
@@ -130,17 +203,31 @@ def data_label(cfg: DictConfig) -> str:
 def settings_row(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
     """The results row's settings columns, flattened from the resolved config."""
     return {
-        "run_id": run_id(cfg, resolved), "repeat_id": repeat_id(cfg, resolved),
+        "run_id": run_id(cfg, resolved),
+        "repeat_id": repeat_id(cfg, resolved),
         "record_version": RECORD_VERSION,
-        "model": cfg.model.name, "pretrained": bool(cfg.model.pretrained),
+        "model": cfg.model.name,
+        "pretrained": bool(cfg.model.pretrained),
         "weights": weights_identity(cfg.model.weights) if cfg.model.pretrained else "",
-        "optimizer": cfg.optim.name, "momentum": cfg.optim.momentum, "weight_decay": cfg.optim.weight_decay,
-        "lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs, "loss": cfg.loss.name,
-        "aug": cfg.aug.name, "batch_norm": cfg.model.batch_norm, "dropout": cfg.model.dropout,
-        "seed": cfg.seed, "data": data_label(cfg), "data_id": resolved.data_id,
-        "split": "/".join(f"{float(f):g}" for f in cfg.data.split), "test_on": cfg.test_on,
-        "pipeline": cfg.data.pipeline, "precision": resolved.precision,
-        "paper_config": cfg.paper_config, "tags": ";".join(cfg.tags),
+        "optimizer": cfg.optim.name,
+        "momentum": cfg.optim.momentum,
+        "weight_decay": cfg.optim.weight_decay,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "epochs": cfg.epochs,
+        "loss": cfg.loss.name,
+        "aug": cfg.aug.name,
+        "batch_norm": cfg.model.batch_norm,
+        "dropout": cfg.model.dropout,
+        "seed": cfg.seed,
+        "data": data_label(cfg),
+        "data_id": resolved.data_id,
+        "split": "/".join(f"{float(f):g}" for f in cfg.data.split),
+        "test_on": cfg.test_on,
+        "pipeline": cfg.data.pipeline,
+        "precision": resolved.precision,
+        "paper_config": cfg.paper_config,
+        "tags": ";".join(cfg.tags),
     }
 
 

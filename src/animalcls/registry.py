@@ -9,6 +9,7 @@ Adding a torchvision model is one `register_model(...)` line below plus one YAML
 Builders import torchvision lazily: `import torchvision` costs seconds and the CLI checks names
 before it needs a model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._entries:
-            raise AnimalclsError(f"{self.config_key}={name!r} is not a known {self.kind}; choose one of: "
-                                 f"{', '.join(self._entries)} (e.g. `{self.config_key}={self.names()[0]}`).")
+            raise AnimalclsError(
+                f"{self.config_key}={name!r} is not a known {self.kind}; choose one of: "
+                f"{', '.join(self._entries)} (e.g. `{self.config_key}={self.names()[0]}`)."
+            )
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -53,15 +56,16 @@ class Registry(Generic[T]):
 
 # ---------------------------------------------------------------- models
 
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    display: str                        # as the paper writes it, for tables and figures
-    build: Callable[..., Any]           # (num_classes, **options) -> nn.Module
-    default_aug: str                    # the augmentation its YAML picks, and the paper used
-    cpu_bf16: bool = False              # amp=auto picks bf16 on a CPU with AMX for it
-    has_imagenet_weights: bool = True   # model.pretrained / model.weights apply
-    base_options: bool = False          # model.batch_norm / model.dropout apply
+    display: str  # as the paper writes it, for tables and figures
+    build: Callable[..., Any]  # (num_classes, **options) -> nn.Module
+    default_aug: str  # the augmentation its YAML picks, and the paper used
+    cpu_bf16: bool = False  # amp=auto picks bf16 on a CPU with AMX for it
+    has_imagenet_weights: bool = True  # model.pretrained / model.weights apply
+    base_options: bool = False  # model.batch_norm / model.dropout apply
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model")
@@ -74,24 +78,29 @@ def register_model(spec: ModelSpec) -> ModelSpec:
 def _torchvision(name: str, display: str, head: str, cpu_bf16: bool) -> ModelSpec:
     """A torchvision classification model whose last Linear layer (the dotted path `head`) is
     replaced by a new one with the data set's number of classes."""
-    def build(num_classes: int, pretrained: bool = True, weights: str | None = None,
-              **_: object) -> Any:
+
+    def build(num_classes: int, pretrained: bool = True, weights: str | None = None, **_: object) -> Any:
         from animalcls.models import torchvision_with_head
+
         return torchvision_with_head(name, head, num_classes, pretrained, weights)
+
     return ModelSpec(name, display, build, default_aug="imagenet_224", cpu_bf16=cpu_bf16)
 
 
-def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112,
-          **_: object) -> Any:
+def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112, **_: object) -> Any:
     from animalcls.models import BaseCNN
+
     return BaseCNN(num_classes, batch_norm=batch_norm, dropout=dropout, input_size=input_size)
 
 
 # cpu_bf16: amp=auto uses bf16 on a CPU only with AMX, and only for these (depthwise MobileNets are
 # expected to gain nothing). Without AMX bf16 is far slower: on an AVX2 CPU (issue 4, `animalcls
 # bench amp=bf16`) train steps took 7.5x longer for base and ~4.5x for mobilenet_v3_large.
-register_model(ModelSpec("base", "Base", _base, default_aug="default_112", cpu_bf16=True,
-                         has_imagenet_weights=False, base_options=True))
+register_model(
+    ModelSpec(
+        "base", "Base", _base, default_aug="default_112", cpu_bf16=True, has_imagenet_weights=False, base_options=True
+    )
+)
 register_model(_torchvision("resnet18", "ResNet18", "fc", cpu_bf16=True))
 register_model(_torchvision("resnet34", "ResNet34", "fc", cpu_bf16=True))
 register_model(_torchvision("resnet50", "ResNet50", "fc", cpu_bf16=True))
@@ -102,12 +111,13 @@ register_model(_torchvision("mobilenet_v3_small", "MobileNetV3_small", "classifi
 
 # ---------------------------------------------------------------- optimizers
 
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
     display: str
-    short: str                          # in paper configuration ids: base-adam-lr1e-3-...
-    build: Callable[..., Any]           # (params, lr, momentum, weight_decay) -> Optimizer
+    short: str  # in paper configuration ids: base-adam-lr1e-3-...
+    build: Callable[..., Any]  # (params, lr, momentum, weight_decay) -> Optimizer
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "optim")
@@ -115,11 +125,13 @@ OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "optim")
 
 def _adam(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
     import torch
+
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
     import torch
+
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
@@ -129,6 +141,7 @@ OPTIMIZERS.add("sgd_momentum", OptimizerSpec("sgd_momentum", "SGD + momentum (0.
 
 
 # ---------------------------------------------------------------- losses
+
 
 @dataclass(frozen=True)
 class LossSpec:
@@ -143,11 +156,13 @@ LOSSES: Registry[LossSpec] = Registry("loss", "loss")
 
 def _cross_entropy() -> Any:
     import torch
+
     return torch.nn.CrossEntropyLoss()
 
 
 def _multi_margin() -> Any:
     import torch
+
     return torch.nn.MultiMarginLoss()
 
 
@@ -157,12 +172,14 @@ LOSSES.add("multi_margin", LossSpec("multi_margin", "Multi Margin Loss", "mm", _
 
 # ---------------------------------------------------------------- augmentations
 
+
 @dataclass(frozen=True)
 class AugSpec:
     """An augmentation preset; its numbers live in conf/aug/<name>.yaml."""
+
     name: str
     display: str
-    short: str = ""                     # suffix in paper configuration ids when not the default
+    short: str = ""  # suffix in paper configuration ids when not the default
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -174,6 +191,7 @@ AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imag
 
 def display_name(kind: str, name: Any) -> str:
     """The display name of a registered choice, or the name itself (e.g. from an old table)."""
-    registry: Registry[Any] = {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES,
-                               "augmentation": AUGMENTATIONS}[kind]
+    registry: Registry[Any] = {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES, "augmentation": AUGMENTATIONS}[
+        kind
+    ]
     return registry.get(name).display if name in registry else str(name)

@@ -16,6 +16,7 @@ Why nothing is lost, torn, hidden or merged:
 - a table with other columns (an older or newer animalcls) is rewritten, atomically and under the
   lock, with the union of both headers: old rows keep their values, new columns start empty.
 """
+
 from __future__ import annotations
 
 import csv
@@ -57,6 +58,7 @@ def _line(header: list[str], row: Mapping[str, Any]) -> str:
 
 # ---------------------------------------------------------------- parsing
 
+
 class _Records:
     """The CSV records of a table's text with the character offset where each one ends."""
 
@@ -78,15 +80,17 @@ class _Records:
                 fields = next(reader)
             except StopIteration:
                 return
-            except csv.Error:   # e.g. a NUL byte: the rest of that line is noise
+            except csv.Error:  # e.g. a NUL byte: the rest of that line is noise
                 continue
             yield fields, offsets[reader.line_num - 1]
 
 
 def _header(path: Path, fields: list[str]) -> list[str]:
     if "run_id" not in fields or "status" not in fields:
-        raise TableError(f"{path} is not an animalcls results table (its first line has no run_id and "
-                         f"status columns). Move it aside or pass results=ANOTHER.csv.")
+        raise TableError(
+            f"{path} is not an animalcls results table (its first line has no run_id and "
+            f"status columns). Move it aside or pass results=ANOTHER.csv."
+        )
     return fields
 
 
@@ -95,8 +99,10 @@ def _parse(path: Path, text: str) -> tuple[list[str], list[list[str]], int, list
     records = iter(_Records(text))
     first = next(records, None)
     if first is None or not any(f.strip() for f in first[0]):
-        raise TableError(f"{path} has no header line; it is not an animalcls results table. "
-                         f"Move it aside or pass results=ANOTHER.csv.")
+        raise TableError(
+            f"{path} has no header line; it is not an animalcls results table. "
+            f"Move it aside or pass results=ANOTHER.csv."
+        )
     header = _header(path, first[0])
     width, status = len(header), header.index("status")
     kept, bad, end = [], [], first[1]
@@ -114,6 +120,7 @@ def _read_text(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- writing
+
 
 def _write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is out; a short write that makes no progress is a full disk."""
@@ -133,7 +140,7 @@ def _append_bytes(path: Path, data: bytes) -> None:
             _write_all(fd, data)
             os.fsync(fd)
         except OSError:
-            os.ftruncate(fd, size)   # no partial row stays behind
+            os.ftruncate(fd, size)  # no partial row stays behind
             raise
     finally:
         os.close(fd)
@@ -147,8 +154,12 @@ def _set_aside_torn_tail(path: Path, text: str, end: int) -> None:
         return
     with open(str(path) + ".torn", "a", encoding="utf-8") as torn:
         torn.write(tail if tail.endswith("\n") else tail + "\n")
-    log.warning("%s: moved a torn last row to %s.torn (the run's record.json still has it; "
-                "`animalcls results rebuild` restores it)", path, path)
+    log.warning(
+        "%s: moved a torn last row to %s.torn (the run's record.json still has it; "
+        "`animalcls results rebuild` restores it)",
+        path,
+        path,
+    )
     with open(path, "r+b") as file:
         file.truncate(len(text[:end].encode("utf-8")))
         file.flush()
@@ -164,7 +175,7 @@ def _union_rewrite(path: Path, header: list[str], kept: list[list[str]]) -> list
     for fields in kept:
         writer.writerow(fields + [""] * (len(union) - len(header)))
     write_text_atomic(path, body.getvalue())
-    log.info("%s: added the columns %s (older rows leave them empty)", path, ", ".join(union[len(header):]))
+    log.info("%s: added the columns %s (older rows leave them empty)", path, ", ".join(union[len(header) :]))
     return union
 
 
@@ -194,9 +205,11 @@ def append_row(path: str | os.PathLike[str], row: Mapping[str, Any]) -> None:
             header = _prepare_for_append(path)
             _append_bytes(path, _line(header, row).encode("utf-8"))
     except OSError as exc:
-        raise TableError(f"could not write the results table {path}: {exc.strerror or exc}. Free space or "
-                         f"make it writable (or pass results=ANOTHER.csv), then run `animalcls results "
-                         f"rebuild results={path}` to index the run dirs' records.") from None
+        raise TableError(
+            f"could not write the results table {path}: {exc.strerror or exc}. Free space or "
+            f"make it writable (or pass results=ANOTHER.csv), then run `animalcls results "
+            f"rebuild results={path}` to index the run dirs' records."
+        ) from None
 
 
 def check_writable(path: str | os.PathLike[str]) -> None:
@@ -210,13 +223,15 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         if path.exists():
             with open(path, "ab"):
                 pass
-            load(path, warn=False)   # a table that is not one fails here, before training
+            load(path, warn=False)  # a table that is not one fails here, before training
     except OSError as exc:
-        raise TableError(f"the results table {path} is not writable ({exc.strerror or exc}); pass "
-                         f"results=A/WRITABLE/PATH.csv.") from None
+        raise TableError(
+            f"the results table {path} is not writable ({exc.strerror or exc}); pass results=A/WRITABLE/PATH.csv."
+        ) from None
 
 
 # ---------------------------------------------------------------- reading
+
 
 def _frame(header: list[str], kept: list[list[str]]) -> Any:
     import pandas as pd
@@ -227,8 +242,9 @@ def _frame(header: list[str], kept: list[list[str]]) -> Any:
     writer.writerows(kept)
     body.seek(0)
     text_types = {c: str for c in TEXT_COLUMNS if c in header}
-    return pd.read_csv(body, dtype=text_types, keep_default_na=False,
-                       na_values={c: [""] for c in header if c not in TEXT_COLUMNS})
+    return pd.read_csv(
+        body, dtype=text_types, keep_default_na=False, na_values={c: [""] for c in header if c not in TEXT_COLUMNS}
+    )
 
 
 def load(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], warn: bool = True) -> Any:
@@ -275,6 +291,7 @@ def has_ok_row(path: str | os.PathLike[str], run_id: str) -> bool:
 
 # ---------------------------------------------------------------- rebuild
 
+
 def find_records(roots: Iterable[str | os.PathLike[str]]) -> list[dict[str, Any]]:
     """Every readable record.json under the roots (unreadable ones are reported and skipped)."""
     records = []
@@ -297,9 +314,15 @@ def rebuild(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]
     by_dir = {str(Path(r["run_dir"]).resolve()): r for r in records}
     with _lock(path):
         old = load(path, warn=False) if path.exists() else None
-        kept = [] if old is None else [
-            row for row in old.to_dict("records")
-            if str(Path(str(row.get("run_dir") or "")).resolve()) not in by_dir or not row.get("run_dir")]
+        kept = (
+            []
+            if old is None
+            else [
+                row
+                for row in old.to_dict("records")
+                if str(Path(str(row.get("run_dir") or "")).resolve()) not in by_dir or not row.get("run_dir")
+            ]
+        )
         rows = sorted([*kept, *by_dir.values()], key=lambda r: str(r.get("timestamp") or ""))
         header = list(dict.fromkeys([*COLUMNS, *(c for r in rows for c in r)]))
         body = io.StringIO()

@@ -8,6 +8,7 @@
   the checkpoint is readable and was made on the same data and split; otherwise it says why and
   starts over. Pointers are never trusted blindly: an empty, garbled or foreign one is ignored.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,12 +46,15 @@ class Claim:
         try:
             self.dir_lock.acquire()
         except Timeout:
-            raise AnimalclsError(f"run dir {self.run_dir} is in use by another run; give this one its own "
-                                 f"(hydra.run.dir=...).") from None
+            raise AnimalclsError(
+                f"run dir {self.run_dir} is in use by another run; give this one its own (hydra.run.dir=...)."
+            ) from None
         if (self.run_dir / RECORD_FILE).exists():
             self.dir_lock.release()
-            raise AnimalclsError(f"run dir {self.run_dir} already holds a finished run ({RECORD_FILE}); "
-                                 f"give this run its own (hydra.run.dir=...).")
+            raise AnimalclsError(
+                f"run dir {self.run_dir} already holds a finished run ({RECORD_FILE}); "
+                f"give this run its own (hydra.run.dir=...)."
+            )
 
     def take_run_id(self) -> bool:
         """Own the run id; False when another process is running it right now."""
@@ -82,8 +86,17 @@ def _pointer_path(results: str, run_id: str) -> Path:
 def write_pointer(results: str, pointer: Pointer) -> None:
     path = _pointer_path(results, pointer.run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"run_dir": str(pointer.run_dir.resolve()), "run_id": pointer.run_id,
-                                        "lineage": pointer.lineage, "data_id": pointer.data_id}))
+    write_text_atomic(
+        path,
+        json.dumps(
+            {
+                "run_dir": str(pointer.run_dir.resolve()),
+                "run_id": pointer.run_id,
+                "lineage": pointer.lineage,
+                "data_id": pointer.data_id,
+            }
+        ),
+    )
 
 
 def remove_pointer(results: str, run_id: str) -> None:
@@ -103,12 +116,16 @@ def read_pointer(path: Path) -> Pointer | None:
     try:
         value: Any = json.loads(text)
     except ValueError:
-        value = {"run_dir": text, "run_id": path.name}   # animalcls 0.1 wrote the run dir alone
+        value = {"run_dir": text, "run_id": path.name}  # animalcls 0.1 wrote the run dir alone
     if not isinstance(value, dict) or not value.get("run_dir") or not Path(value["run_dir"]).is_absolute():
         log.warning("ignoring the resume pointer %s: it does not name an absolute run dir", path)
         return None
-    return Pointer(Path(value["run_dir"]), str(value.get("run_id", path.name)),
-                   str(value.get("lineage", "")), str(value.get("data_id", "")))
+    return Pointer(
+        Path(value["run_dir"]),
+        str(value.get("run_id", path.name)),
+        str(value.get("lineage", "")),
+        str(value.get("data_id", "")),
+    )
 
 
 def _changed_data_note(results: str, run_id: str, lineage: str, data_id: str) -> None:
@@ -121,13 +138,17 @@ def _changed_data_note(results: str, run_id: str, lineage: str, data_id: str) ->
             continue
         other = read_pointer(path)
         if other is not None and other.lineage == lineage and other.data_id != data_id:
-            log.warning("the interrupted run of this configuration in %s was on other data (the files or "
-                        "their sizes changed since): starting over, not resuming it", other.run_dir)
+            log.warning(
+                "the interrupted run of this configuration in %s was on other data (the files or "
+                "their sizes changed since): starting over, not resuming it",
+                other.run_dir,
+            )
             path.unlink(missing_ok=True)
 
 
-def find_state(results: str, run_id: str, lineage: str, data_id: str, split_digest: str,
-               mode: str) -> dict[str, Any] | None:
+def find_state(
+    results: str, run_id: str, lineage: str, data_id: str, split_digest: str, mode: str
+) -> dict[str, Any] | None:
     """The `last.pt` state to resume this run from, or None to start over (saying why)."""
     if mode == "false":
         return None

@@ -4,6 +4,7 @@ Leaves in the run dir: split.csv, history.csv, last.pt, best.pt, predictions.csv
 record.json (the run's record; Hydra adds the resolved config and the log), and appends one row to
 the results table. Every part is built by `animalcls.build`; the row's schema is `animalcls.record`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,9 +26,19 @@ from omegaconf import DictConfig, OmegaConf
 from animalcls import checkpoint, distributed, resume, results
 from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
-from animalcls.build import (Prepared, build_criterion, build_model, build_optimizer, choose_channels_last,
-                             choose_precision, make_batches, prepare_data, resolve_device, scan_data,
-                             seed_everything)
+from animalcls.build import (
+    Prepared,
+    build_criterion,
+    build_model,
+    build_optimizer,
+    choose_channels_last,
+    choose_precision,
+    make_batches,
+    prepare_data,
+    resolve_device,
+    scan_data,
+    seed_everything,
+)
 from animalcls.config import validate
 from animalcls.data import data_identity, manifest
 from animalcls.engine import StepSettings, evaluate, fit
@@ -39,10 +50,12 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- signals
 
+
 @contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Ctrl-C and SIGTERM set `stop`; decoding and training end at the next image or batch, and
     the run records itself."""
+
     def handler(signum: int, _frame: Any) -> None:
         log.warning("received %s: stopping after this step", signal.Signals(signum).name)
         stop.set()
@@ -60,15 +73,22 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 # ---------------------------------------------------------------- files of the run dir
 
+
 def versions() -> str:
-    import torchvision   # deferred: only its version is needed here, and the models import it anyway
+    import torchvision  # deferred: only its version is needed here, and the models import it anyway
+
     return f"torch={torch.__version__};torchvision={torchvision.__version__}"
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
         return ""
@@ -87,13 +107,18 @@ def write_predictions(run_dir: Path, prepared: Prepared, logits: torch.Tensor, t
     probs = logits.float().softmax(dim=1)
     top = probs.topk(min(5, probs.shape[1]), dim=1)
     paths = [prepared.data.paths[i] for i in prepared.split["test"]]
-    write_csv(run_dir / "predictions.csv", pd.DataFrame({
-        "path": [str(prepared.data.root / p) for p in paths],
-        "label": [classes[t] for t in targets.tolist()],
-        "predicted": [classes[i[0]] for i in top.indices.tolist()],
-        "top5": [";".join(classes[j] for j in i) for i in top.indices.tolist()],
-        "probability": top.values[:, 0].tolist(),
-    }))
+    write_csv(
+        run_dir / "predictions.csv",
+        pd.DataFrame(
+            {
+                "path": [str(prepared.data.root / p) for p in paths],
+                "label": [classes[t] for t in targets.tolist()],
+                "predicted": [classes[i[0]] for i in top.indices.tolist()],
+                "top5": [";".join(classes[j] for j in i) for i in top.indices.tolist()],
+                "probability": top.values[:, 0].tolist(),
+            }
+        ),
+    )
 
 
 def split_digest(frame: Any) -> str:
@@ -101,6 +126,7 @@ def split_digest(frame: Any) -> str:
 
 
 # ---------------------------------------------------------------- the record
+
 
 def done_row(cfg: DictConfig, run_id: str) -> dict[str, Any] | None:
     """The latest ok row of this run: by its run id, or by the animalcls 0.1 id for older rows."""
@@ -118,16 +144,19 @@ def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
     try:
         write_record(run_dir, row)
     except OSError as exc:
-        raise AnimalclsError(f"could not write the run's record into {run_dir}: {exc.strerror or exc}; "
-                             f"free space and run it again.") from None
+        raise AnimalclsError(
+            f"could not write the run's record into {run_dir}: {exc.strerror or exc}; free space and run it again."
+        ) from None
     try:
         results.append_row(cfg.results, row)
     except results.TableError as exc:
-        raise AnimalclsError(f"the run ended {row['status']} and its record is safe in {run_dir / 'record.json'}, "
-                             f"but {exc}") from None
+        raise AnimalclsError(
+            f"the run ended {row['status']} and its record is safe in {run_dir / 'record.json'}, but {exc}"
+        ) from None
 
 
 # ---------------------------------------------------------------- the run
+
 
 def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     """Train, validate and test one configuration; returns its results row, the done row (with
@@ -138,10 +167,12 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
     validate(cfg)
     ctx = distributed.setup(resolve_device(cfg.device), cfg.device)
     if ctx.enabled and cfg.batch_size % ctx.world_size:
-        raise AnimalclsError(f"batch_size={cfg.batch_size} is the images per optimizer step over all "
-                             f"{ctx.world_size} processes and must divide evenly among them; e.g. "
-                             f"batch_size={ctx.world_size * max(1, cfg.batch_size // ctx.world_size)}.")
-    run_dir = Path(ctx.from_main(lambda: str(run_dir)))   # every rank agrees on rank 0's run dir
+        raise AnimalclsError(
+            f"batch_size={cfg.batch_size} is the images per optimizer step over all "
+            f"{ctx.world_size} processes and must divide evenly among them; e.g. "
+            f"batch_size={ctx.world_size * max(1, cfg.batch_size // ctx.world_size)}."
+        )
+    run_dir = Path(ctx.from_main(lambda: str(run_dir)))  # every rank agrees on rank 0's run dir
     if ctx.is_main:
         results.check_writable(cfg.results)
     stop = threading.Event()
@@ -157,19 +188,27 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
                 return None
             done = ctx.from_main(lambda: None if cfg.force else done_row(cfg, row["run_id"]))
             if done is not None:
-                log.info("skipping: run %s already has an ok row in %s (force=true re-runs it)",
-                         row["run_id"], cfg.results)
+                log.info(
+                    "skipping: run %s already has an ok row in %s (force=true re-runs it)", row["run_id"], cfg.results
+                )
                 return {**done, "skipped": True}
             return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row)
         finally:
             claim.release()
 
 
-def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop: threading.Event,
-                 data: Any, resolved: Resolved, row: dict[str, Any]) -> dict[str, Any]:
+def _run_claimed(
+    cfg: DictConfig,
+    run_dir: Path,
+    ctx: distributed.Context,
+    stop: threading.Event,
+    data: Any,
+    resolved: Resolved,
+    row: dict[str, Any],
+) -> dict[str, Any]:
     seed_everything(cfg.seed)
     row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
-    model = build_model(cfg, len(data.classes))   # before decoding: missing weights fail fast
+    model = build_model(cfg, len(data.classes))  # before decoding: missing weights fail fast
     if ctx.is_main:
         row.update(_profile(model, cfg.aug.crop))
     progress = {"epochs_done": 0}
@@ -177,26 +216,38 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop:
         prepared = prepare_data(cfg, data, should_stop=stop.is_set)
         row["skipped_files"] = len(prepared.skipped)
         if ctx.enabled and len(prepared.split["test"]) < ctx.world_size:
-            raise AnimalclsError(f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
-                                 f"every process needs at least one; use fewer processes or more data.")
+            raise AnimalclsError(
+                f"{len(prepared.split['test'])} test image(s) for {ctx.world_size} processes: "
+                f"every process needs at least one; use fewer processes or more data."
+            )
         split = manifest(prepared.data, prepared.split)
         digest = split_digest(split)
-        state = ctx.from_main(lambda: resume.find_state(cfg.results, row["run_id"], lineage_id(cfg, resolved),
-                                                        resolved.data_id, digest, str(cfg.resume).lower()))
+        state = ctx.from_main(
+            lambda: resume.find_state(
+                cfg.results, row["run_id"], lineage_id(cfg, resolved), resolved.data_id, digest, str(cfg.resume).lower()
+            )
+        )
         if ctx.is_main:
             write_csv(run_dir / "split.csv", split)
             _leave_pointer(cfg, resume.Pointer(run_dir, row["run_id"], lineage_id(cfg, resolved), resolved.data_id))
-        meta = {"config": OmegaConf.to_container(cfg, resolve=True), "classes": prepared.data.classes,
-                "run_id": row["run_id"], "data_id": resolved.data_id, "split_digest": digest}
+        meta = {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "classes": prepared.data.classes,
+            "run_id": row["run_id"],
+            "data_id": resolved.data_id,
+            "split_digest": digest,
+        }
         outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress)
     except Interrupted:
-        log.warning("interrupted: the state of the last complete epoch is in %s; run the same command "
-                    "again to resume", run_dir / "last.pt")
+        log.warning(
+            "interrupted: the state of the last complete epoch is in %s; run the same command again to resume",
+            run_dir / "last.pt",
+        )
         row.update(status="interrupted", epochs_done=progress["epochs_done"])
-        if ctx.is_main:   # the other ranks train and evaluate, and record nothing
+        if ctx.is_main:  # the other ranks train and evaluate, and record nothing
             record(cfg, run_dir, row)
         return row
-    except AnimalclsError:   # bad input found late (e.g. weights): a message, no row
+    except AnimalclsError:  # bad input found late (e.g. weights): a message, no row
         if ctx.is_main:
             resume.remove_pointer(cfg.results, row["run_id"])
         raise
@@ -215,9 +266,12 @@ def _run_claimed(cfg: DictConfig, run_dir: Path, ctx: distributed.Context, stop:
 def _leave_pointer(cfg: DictConfig, pointer: resume.Pointer) -> None:
     try:
         resume.write_pointer(cfg.results, pointer)
-    except OSError as exc:   # e.g. a full disk: the run can still finish and record itself
-        log.warning("could not leave a resume pointer beside %s (%s): if this run is interrupted, it "
-                    "will start over", cfg.results, exc.strerror or exc)
+    except OSError as exc:  # e.g. a full disk: the run can still finish and record itself
+        log.warning(
+            "could not leave a resume pointer beside %s (%s): if this run is interrupted, it will start over",
+            cfg.results,
+            exc.strerror or exc,
+        )
 
 
 def _finish(cfg: DictConfig, run_dir: Path, row: dict[str, Any], details: dict[str, Any]) -> None:
@@ -225,19 +279,34 @@ def _finish(cfg: DictConfig, run_dir: Path, row: dict[str, Any], details: dict[s
     record(cfg, run_dir, row)
     resume.remove_pointer(cfg.results, row["run_id"])
     log.info("run dir: %s", run_dir)
-    log.info("results: row %s (%s, test top-1 %.2f%%) appended to %s", row["run_id"], row["status"],
-             row.get("test_top1", float("nan")), cfg.results)
+    log.info(
+        "results: row %s (%s, test top-1 %.2f%%) appended to %s",
+        row["run_id"],
+        row["status"],
+        row.get("test_top1", float("nan")),
+        cfg.results,
+    )
 
 
 def _profile(model: torch.nn.Module, input_size: int) -> dict[str, float]:
-    from animalcls.profile import profile_model   # deferred: fvcore's import is slow and noisy
+    from animalcls.profile import profile_model  # deferred: fvcore's import is slow and noisy
+
     stats = profile_model(model, input_size)
-    return {"params": stats["params"], "gmacs_fvcore": round(stats["gmacs_fvcore"], 4),
-            "gflops": round(stats["gflops"], 4)}
+    return {
+        "params": stats["params"],
+        "gmacs_fvcore": round(stats["gmacs_fvcore"], 4),
+        "gflops": round(stats["gflops"], 4),
+    }
 
 
-def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-             device: torch.device, run_dir: Path, is_main: bool) -> tuple[int, list[dict[str, Any]], float]:
+def _restore(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    device: torch.device,
+    run_dir: Path,
+    is_main: bool,
+) -> tuple[int, list[dict[str, Any]], float]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng_cpu"])
@@ -251,9 +320,17 @@ def _restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: di
     return state["epoch"], state["history"], state["best_val_top1"]
 
 
-def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: torch.nn.Module,
-                    ctx: distributed.Context, stop: threading.Event, state: dict[str, Any] | None,
-                    meta: dict[str, Any], progress: dict[str, int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _train_and_test(
+    cfg: DictConfig,
+    run_dir: Path,
+    prepared: Prepared,
+    model: torch.nn.Module,
+    ctx: distributed.Context,
+    stop: threading.Event,
+    state: dict[str, Any] | None,
+    meta: dict[str, Any],
+    progress: dict[str, int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns the row's outcome columns and the details metrics.json adds to them."""
     device = ctx.device
     precision = choose_precision(cfg.amp, device, cfg.model.name)
@@ -265,9 +342,9 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
     if state is not None:
         start_epoch, history, best = _restore(model, optimizer, state, device, run_dir, ctx.is_main)
     progress["epochs_done"] = start_epoch
-    if ctx.rank > 0:   # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
+    if ctx.rank > 0:  # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
         torch.manual_seed(cfg.seed + 7919 * ctx.rank + start_epoch)
-    trained = ctx.wrap(model)   # DDP across ranks; checkpoints save the unwrapped `model`
+    trained = ctx.wrap(model)  # DDP across ranks; checkpoints save the unwrapped `model`
     trained = torch.compile(trained) if cfg.compile else trained
     settings = StepSettings(device, precision, stop, progress=ctx.is_main)
     shard = {"rank": ctx.rank, "world_size": ctx.world_size}
@@ -281,8 +358,15 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
 
     def on_epoch_end(epoch: int, hist: list[dict[str, Any]], is_best: bool) -> None:
         best_val = max(h["val_top1"] for h in hist)
-        last = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": hist, "best_val_top1": best_val, "rng_cpu": torch.get_rng_state(), "meta": meta}
+        last = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": hist,
+            "best_val_top1": best_val,
+            "rng_cpu": torch.get_rng_state(),
+            "meta": meta,
+        }
         if device.type == "cuda":
             last["rng_cuda"] = torch.cuda.get_rng_state(device)
         checkpoint.write(run_dir / "last.pt", last)
@@ -291,20 +375,39 @@ def _train_and_test(cfg: DictConfig, run_dir: Path, prepared: Prepared, model: t
         write_history(run_dir, hist)
         progress["epochs_done"] = epoch
 
-    result = fit(trained, train, val, train_aug, eval_aug, criterion, optimizer, settings, cfg.epochs,
-                 start_epoch, history, best, on_epoch_end if ctx.is_main else None, reduce=reduce,
-                 eval_model=model if ctx.enabled else None)
+    result = fit(
+        trained,
+        train,
+        val,
+        train_aug,
+        eval_aug,
+        criterion,
+        optimizer,
+        settings,
+        cfg.epochs,
+        start_epoch,
+        history,
+        best,
+        on_epoch_end if ctx.is_main else None,
+        reduce=reduce,
+        eval_model=model if ctx.enabled else None,
+    )
     progress["epochs_done"] = len(result.history)
     if cfg.test_on == "best" and ctx.is_main and (run_dir / "best.pt").exists():
         model.load_state_dict(checkpoint.read(run_dir / "best.pt")["model"])
-    ctx.broadcast_module(model)   # the other ranks test rank 0's weights too
-    test_metrics, logits, targets = evaluate(model, test, eval_aug, criterion, settings, keep_outputs=True,
-                                             reduce=reduce)
-    logits, targets = ctx.gather_shards(logits), ctx.gather_shards(targets)   # None on ranks > 0
+    ctx.broadcast_module(model)  # the other ranks test rank 0's weights too
+    test_metrics, logits, targets = evaluate(
+        model, test, eval_aug, criterion, settings, keep_outputs=True, reduce=reduce
+    )
+    logits, targets = ctx.gather_shards(logits), ctx.gather_shards(targets)  # None on ranks > 0
     if ctx.is_main:
         write_predictions(run_dir, prepared, logits, targets)
-    details = {"best_epoch": result.best_epoch, "test_loss": test_metrics["loss"],
-               "classes": prepared.data.classes, "skipped": [list(s) for s in prepared.skipped]}
+    details = {
+        "best_epoch": result.best_epoch,
+        "test_loss": test_metrics["loss"],
+        "classes": prepared.data.classes,
+        "skipped": [list(s) for s in prepared.skipped],
+    }
     return _outcome(cfg, result, test_metrics), details
 
 
@@ -313,7 +416,8 @@ def _outcome(cfg: DictConfig, result: Any, test_metrics: dict[str, float]) -> di
     best_row = next((h for h in result.history if h["epoch"] == result.best_epoch), last)
     val_row = best_row if cfg.test_on == "best" else last
     return {
-        "status": result.status, "epochs_done": len(result.history),
+        "status": result.status,
+        "epochs_done": len(result.history),
         **{f"val_top{k}": round(val_row[f"val_top{k}"], 2) for k in (1, 3, 5)},
         **{f"test_top{k}": round(test_metrics[f"top{k}"], 2) for k in (1, 3, 5)},
         "train_seconds": round(result.train_seconds, 2),

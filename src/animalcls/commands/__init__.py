@@ -6,6 +6,7 @@ and predict lay the user's overrides over the settings a checkpoint was trained 
 
 This module stays light (Hydra's parser, no torch): every subcommand imports it first.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -31,8 +32,10 @@ def parse_overrides(args: list[str], command: str) -> list[Override]:
         raise AnimalclsError(f"{exc}".strip()) from None
     for override in overrides:
         if override.is_sweep_override() or override.type == OverrideType.DEL:
-            raise AnimalclsError(f"{override.input_line!r}: {command} takes one value per key "
-                                 f"(key=value, or key=[a,b] for a list), not a sweep or a deletion.")
+            raise AnimalclsError(
+                f"{override.input_line!r}: {command} takes one value per key "
+                f"(key=value, or key=[a,b] for a list), not a sweep or a deletion."
+            )
     return overrides
 
 
@@ -43,8 +46,10 @@ def given_keys(args: list[str], command: str) -> list[str]:
 def refuse_other_keys(keys: Iterable[str], accepted: tuple[str, ...], command: str, why: str) -> None:
     refused = [key for key in keys if key not in accepted]
     if refused:
-        raise AnimalclsError(f"{command} does not take {', '.join(refused)}: {why}. "
-                             f"{command} accepts {', '.join(k + '=' for k in accepted)}")
+        raise AnimalclsError(
+            f"{command} does not take {', '.join(refused)}: {why}. "
+            f"{command} accepts {', '.join(k + '=' for k in accepted)}"
+        )
 
 
 def checked_overrides(args: list[str], command: str, accepted: tuple[str, ...]) -> tuple[DictConfig, list[str]]:
@@ -52,8 +57,7 @@ def checked_overrides(args: list[str], command: str, accepted: tuple[str, ...]) 
     values, and refuse keys that would change what a checkpoint was trained with."""
     given = compose(args)
     keys = given_keys(args, command)
-    refuse_other_keys(keys, accepted, command,
-                      "the model and its training settings come from the checkpoint")
+    refuse_other_keys(keys, accepted, command, "the model and its training settings come from the checkpoint")
     validate(given)
     return given, keys
 
@@ -61,7 +65,7 @@ def checked_overrides(args: list[str], command: str, accepted: tuple[str, ...]) 
 def overlay(run_cfg: DictConfig, given: DictConfig, keys: Iterable[str]) -> DictConfig:
     """The checkpoint's config with the run settings the user gave on top. `device` is always the
     one given (default auto): where a run trained says nothing about where it is measured now."""
-    cfg = OmegaConf.create(OmegaConf.to_container(run_cfg))   # a copy, open to keys an older format lacks
+    cfg = OmegaConf.create(OmegaConf.to_container(run_cfg))  # a copy, open to keys an older format lacks
     assert isinstance(cfg, DictConfig)
     for key in RUN_SETTINGS:
         if key in keys or key == "device":

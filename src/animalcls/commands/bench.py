@@ -17,6 +17,7 @@ seconds (scan, decode or cache load, batches) to one full training epoch at the 
 
     animalcls bench model=base data.root=/path/to/images device=cpu bench.batches=20
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from animalcls.augment import DeviceAugment
-from animalcls.build import (build_criterion, build_model, build_optimizer, choose_channels_last, choose_precision,
-                             make_batches, prepare_data, resolve_device, seed_everything)
+from animalcls.build import (
+    build_criterion,
+    build_model,
+    build_optimizer,
+    choose_channels_last,
+    choose_precision,
+    make_batches,
+    prepare_data,
+    resolve_device,
+    seed_everything,
+)
 from animalcls.commands import given_keys
 from animalcls.config import compose, validate
 from animalcls.engine import StepSettings, evaluate, synchronize, train_one_epoch, train_step
@@ -51,7 +61,7 @@ class Capped:
 
     def __init__(self, batches, count: int, first_epoch: int = 1) -> None:
         self.batches, self.count, self.epoch = batches, count, first_epoch
-        self.stamps: list[float] = []   # perf_counter when each batch was handed out, then the end
+        self.stamps: list[float] = []  # perf_counter when each batch was handed out, then the end
         self.sizes: list[int] = []
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,8 +113,9 @@ def _fresh_model(cfg: DictConfig, num_classes: int, device: torch.device, channe
     return trained, optimizer, build_criterion(cfg)
 
 
-def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, precision: str,
-                  channels_last: bool) -> dict[str, Any]:
+def measure_limit(
+    cfg: DictConfig, num_classes: int, device: torch.device, precision: str, channels_last: bool
+) -> dict[str, Any]:
     """Train steps on one random batch that already sits on the device: no data, no augmentation,
     no metrics. The same autocast, loss and optimizer step as engine.train_one_epoch."""
     model, optimizer, criterion = _fresh_model(cfg, num_classes, device, channels_last)
@@ -129,8 +140,12 @@ def measure_limit(cfg: DictConfig, num_classes: int, device: torch.device, preci
     synchronize(device)
     stamps[-1] = time.perf_counter()
     steps = [(cfg.batch_size, stamps[i + 1] - stamps[i]) for i in range(cfg.bench.batches)]
-    return {"steps": steps, "seconds": stamps[-1] - stamps[0], "images": cfg.bench.batches * cfg.batch_size,
-            "precision": precision}
+    return {
+        "steps": steps,
+        "seconds": stamps[-1] - stamps[0],
+        "images": cfg.bench.batches * cfg.batch_size,
+        "precision": precision,
+    }
 
 
 def _count_syncs(fn) -> int | None:
@@ -148,8 +163,9 @@ def _count_syncs(fn) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def measure_training(cfg: DictConfig, prepared, device: torch.device, precision: str,
-                     channels_last: bool) -> dict[str, Any]:
+def measure_training(
+    cfg: DictConfig, prepared, device: torch.device, precision: str, channels_last: bool
+) -> dict[str, Any]:
     """engine.train_one_epoch over `bench.batches` batches of the training split, after warm-up."""
     model, optimizer, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
     settings = StepSettings(device, precision, progress=False)
@@ -161,23 +177,28 @@ def measure_training(cfg: DictConfig, prepared, device: torch.device, precision:
     warm = Capped(batches, cfg.bench.warmup, first_epoch=1)
     syncs = None
     if device.type == "cuda" and cfg.bench.warmup > 0:
-        syncs = _count_syncs(lambda: train_one_epoch(model, warm, augment, criterion, optimizer,
-                                                     settings, scaler))
+        syncs = _count_syncs(lambda: train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler))
     else:
         train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler)
     timed = Capped(batches, cfg.bench.batches, first_epoch=warm.epoch)
     stats = train_one_epoch(model, timed, augment, criterion, optimizer, settings, scaler)
-    result = {"steps": timed.steps(time.perf_counter()), "seconds": stats["seconds"],
-              "images": sum(timed.sizes), "precision": precision,
-              "batches_setup_seconds": batches_seconds, "epoch_images": batches.num_samples,
-              "epoch_batches": len(batches)}
+    result = {
+        "steps": timed.steps(time.perf_counter()),
+        "seconds": stats["seconds"],
+        "images": sum(timed.sizes),
+        "precision": precision,
+        "batches_setup_seconds": batches_seconds,
+        "epoch_images": batches.num_samples,
+        "epoch_batches": len(batches),
+    }
     if syncs is not None:
         result["cuda_syncs_per_warmup_batch"] = syncs / cfg.bench.warmup
     return result
 
 
-def measure_eval(cfg: DictConfig, prepared, device: torch.device, precision: str,
-                 channels_last: bool) -> dict[str, Any]:
+def measure_eval(
+    cfg: DictConfig, prepared, device: torch.device, precision: str, channels_last: bool
+) -> dict[str, Any]:
     """engine.evaluate over `bench.eval_batches` batches of the test split (eval batch size)."""
     model, _, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
     settings = StepSettings(device, precision, progress=False)
@@ -190,8 +211,13 @@ def measure_eval(cfg: DictConfig, prepared, device: torch.device, precision: str
     evaluate(model, timed, augment, criterion, settings)
     synchronize(device)
     end = time.perf_counter()
-    return {"steps": timed.steps(end), "seconds": end - start, "images": sum(timed.sizes),
-            "batch_size": cfg.eval_batch_size or 4 * cfg.batch_size, "precision": precision}
+    return {
+        "steps": timed.steps(end),
+        "seconds": end - start,
+        "images": sum(timed.sizes),
+        "batch_size": cfg.eval_batch_size or 4 * cfg.batch_size,
+        "precision": precision,
+    }
 
 
 def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
@@ -201,9 +227,14 @@ def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
     steps = [step for run in runs for step in run["steps"]]
     images, seconds = sum(r["images"] for r in runs), sum(r["seconds"] for r in runs)
     result = {k: v for k, v in runs[0].items() if k not in ("steps", "seconds", "images")}
-    result.update(images=images, seconds=seconds, rounds=len(runs), images_per_s_total=images / seconds,
-                  images_per_s_median=statistics.median(n / max(t, 1e-9) for n, t in steps),
-                  step_seconds=[round(t, 4) for _, t in steps])
+    result.update(
+        images=images,
+        seconds=seconds,
+        rounds=len(runs),
+        images_per_s_total=images / seconds,
+        images_per_s_median=statistics.median(n / max(t, 1e-9) for n, t in steps),
+        step_seconds=[round(t, 4) for _, t in steps],
+    )
     result["images_per_s"] = result[f"images_per_s_{statistic}"]
     if len(runs) > 1 and "cuda_syncs_per_warmup_batch" in runs[0]:
         result["cuda_syncs_per_warmup_batch"] = max(r["cuda_syncs_per_warmup_batch"] for r in runs)
@@ -226,12 +257,11 @@ def _with(cfg: DictConfig, **changes: Any) -> DictConfig:
 
 
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
-    import torchvision   # deferred: only for its version string, and it costs seconds to import
+    import torchvision  # deferred: only for its version string, and it costs seconds to import
 
     validate(cfg)
     if min(cfg.bench.batches, cfg.bench.eval_batches, cfg.bench.rounds) < 1 or cfg.bench.warmup < 0:
-        raise AnimalclsError("bench.batches, bench.eval_batches and bench.rounds must be >= 1, "
-                             "bench.warmup >= 0")
+        raise AnimalclsError("bench.batches, bench.eval_batches and bench.rounds must be >= 1, bench.warmup >= 0")
     if cfg.bench.statistic not in ("auto", "median", "total"):
         raise AnimalclsError(f"bench.statistic={cfg.bench.statistic!r}: choose auto, median or total")
     device = resolve_device(cfg.device)
@@ -250,9 +280,16 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             _prepare(cached_cfg)
         prepared, warm_seconds = _prepare(cached_cfg)
         num_classes = len(prepared.data.classes)
-        log.info("bench: %s, %d images (%d train), %s %s, precision %s, channels_last %s", cfg.model.name,
-                 len(prepared.data.paths), len(prepared.split["train"]), device, device_name(device),
-                 precision, channels_last)
+        log.info(
+            "bench: %s, %d images (%d train), %s %s, precision %s, channels_last %s",
+            cfg.model.name,
+            len(prepared.data.paths),
+            len(prepared.split["train"]),
+            device,
+            device_name(device),
+            precision,
+            channels_last,
+        )
 
         # limit, engine and old path alternate, `rounds` times, and each pools its rounds: on a
         # shared, noisy host they then meet the same disturbances
@@ -263,14 +300,17 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         for _ in range(cfg.bench.rounds):
             for p in dict.fromkeys(["fp32", precision]):
                 runs.setdefault(f"limit_{p}", []).append(measure_limit(cfg, num_classes, device, p, channels_last))
-            runs.setdefault("engine", []).append(measure_training(cached_cfg, prepared, device, precision,
-                                                                  channels_last))
+            runs.setdefault("engine", []).append(
+                measure_training(cached_cfg, prepared, device, precision, channels_last)
+            )
             if cfg.bench.pil:
-                runs.setdefault("old_pil", []).append(measure_training(pil_cfg, pil_prepared, device, precision,
-                                                                       channels_last))
+                runs.setdefault("old_pil", []).append(
+                    measure_training(pil_cfg, pil_prepared, device, precision, channels_last)
+                )
         runs["eval"] = [measure_eval(cached_cfg, prepared, device, precision, channels_last)]
-        statistic = cfg.bench.statistic if cfg.bench.statistic != "auto" else (
-            "total" if device.type == "cuda" else "median")
+        statistic = (
+            cfg.bench.statistic if cfg.bench.statistic != "auto" else ("total" if device.type == "cuda" else "median")
+        )
         summary = {key: summarise(value, statistic) for key, value in runs.items()}
         for p in dict.fromkeys(["fp32", precision]):
             measurements[f"limit_{p}"] = summary[f"limit_{p}"]
@@ -286,33 +326,52 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
     for m in measurements.values():
-        if "setup_seconds" in m:   # one full epoch from files on disk, at the measured rate
+        if "setup_seconds" in m:  # one full epoch from files on disk, at the measured rate
             m["epoch_seconds"] = m["setup_seconds"] + m["epoch_images"] / m["images_per_s"]
             m["epoch_images_per_s"] = m["epoch_images"] / m["epoch_seconds"]
     limit = measurements[f"limit_{precision}"]["images_per_s"]
     warm = measurements["engine_warm"]
-    ratios = {"engine_over_limit": warm["images_per_s"] / limit,
-              "engine_over_limit_fp32": warm["images_per_s"] / measurements["limit_fp32"]["images_per_s"]}
+    ratios = {
+        "engine_over_limit": warm["images_per_s"] / limit,
+        "engine_over_limit_fp32": warm["images_per_s"] / measurements["limit_fp32"]["images_per_s"],
+    }
     if "old_pil" in measurements:
         old = measurements["old_pil"]
         ratios["engine_over_old"] = warm["images_per_s"] / old["images_per_s"]
         ratios["engine_epoch_over_old_epoch"] = warm["epoch_images_per_s"] / old["epoch_images_per_s"]
         if "engine_cold" in measurements:
-            ratios["engine_cold_epoch_over_old_epoch"] = (measurements["engine_cold"]["epoch_images_per_s"]
-                                                          / old["epoch_images_per_s"])
+            ratios["engine_cold_epoch_over_old_epoch"] = (
+                measurements["engine_cold"]["epoch_images_per_s"] / old["epoch_images_per_s"]
+            )
     return {
-        "model": cfg.model.name, "crop": cfg.aug.crop, "batch_size": cfg.batch_size,
+        "model": cfg.model.name,
+        "crop": cfg.aug.crop,
+        "batch_size": cfg.batch_size,
         "eval_batch_size": cfg.eval_batch_size or 4 * cfg.batch_size,
-        "device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "workers": cfg.workers,
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "precision": precision, "amp": cfg.amp, "channels_last": channels_last, "compile": cfg.compile,
-        "data_root": str(prepared.data.root), "images": len(prepared.data.paths),
-        "train_images": len(prepared.split["train"]), "classes": num_classes,
-        "batches": cfg.bench.batches, "warmup": cfg.bench.warmup, "eval_batches": cfg.bench.eval_batches,
-        "rounds": cfg.bench.rounds, "statistic": statistic,
-        "ratios": ratios, "measurements": measurements,
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "workers": cfg.workers,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "precision": precision,
+        "amp": cfg.amp,
+        "channels_last": channels_last,
+        "compile": cfg.compile,
+        "data_root": str(prepared.data.root),
+        "images": len(prepared.data.paths),
+        "train_images": len(prepared.split["train"]),
+        "classes": num_classes,
+        "batches": cfg.bench.batches,
+        "warmup": cfg.bench.warmup,
+        "eval_batches": cfg.bench.eval_batches,
+        "rounds": cfg.bench.rounds,
+        "statistic": statistic,
+        "ratios": ratios,
+        "measurements": measurements,
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
@@ -331,17 +390,19 @@ ROWS = [  # key, label
 def format_table(result: dict[str, Any]) -> str:
     precision = result["precision"]
     limit = result["measurements"][f"limit_{precision}"]["images_per_s"]
-    lines = [f"animalcls bench: model={result['model']} {result['crop']}px batch {result['batch_size']} "
-             f"(eval {result['eval_batch_size']}), {result['device']} ({result['device_name']}, "
-             f"{result['threads']} threads, load {result['load_average_1min']}), precision {precision}, channels_last "
-             f"{str(result['channels_last']).lower()}, torch {result['torch']}",
-             f"{result['images']} images ({result['train_images']} train); {result['warmup']} warm-up + "
-             f"{result['batches']} timed batches per measurement" + (
-                 f" and round ({result['rounds']} rounds, alternating)" if result["rounds"] > 1 else "")
-             + f"; img/s = {'median over batches' if result['statistic'] == 'median' else 'images / total time'}",
-             "",
-             f"{'measurement':<40} {'img/s':>9} {'vs limit':>9} {'setup s':>8} {'epoch img/s':>12}",
-             "-" * 82]
+    lines = [
+        f"animalcls bench: model={result['model']} {result['crop']}px batch {result['batch_size']} "
+        f"(eval {result['eval_batch_size']}), {result['device']} ({result['device_name']}, "
+        f"{result['threads']} threads, load {result['load_average_1min']}), precision {precision}, channels_last "
+        f"{str(result['channels_last']).lower()}, torch {result['torch']}",
+        f"{result['images']} images ({result['train_images']} train); {result['warmup']} warm-up + "
+        f"{result['batches']} timed batches per measurement"
+        + (f" and round ({result['rounds']} rounds, alternating)" if result["rounds"] > 1 else "")
+        + f"; img/s = {'median over batches' if result['statistic'] == 'median' else 'images / total time'}",
+        "",
+        f"{'measurement':<40} {'img/s':>9} {'vs limit':>9} {'setup s':>8} {'epoch img/s':>12}",
+        "-" * 82,
+    ]
     for key, label in ROWS:
         m = result["measurements"].get(key)
         if m is None:
@@ -356,14 +417,16 @@ def format_table(result: dict[str, Any]) -> str:
     syncs = result["measurements"]["engine_warm"].get("cuda_syncs_per_warmup_batch")
     if syncs is not None:
         lines.append(f"{'cuda syncs per training batch':<34} {syncs:.1f}")
-    lines.append("(vs limit: against the limit in the engine's precision; epoch img/s: setup + one full "
-                 "training epoch at the measured rate)")
+    lines.append(
+        "(vs limit: against the limit in the engine's precision; epoch img/s: setup + one full "
+        "training epoch at the measured rate)"
+    )
     return "\n".join(lines)
 
 
 def main(args: list[str]) -> int:
     if "model.pretrained" not in given_keys(args, "bench"):
-        args = [*args, "model.pretrained=false"]   # speed does not depend on the weights; no download
+        args = [*args, "model.pretrained=false"]  # speed does not depend on the weights; no download
     cfg = compose(args)
     result = run_bench(cfg)
     result["command"] = "animalcls bench " + " ".join(args)

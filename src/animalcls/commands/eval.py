@@ -4,6 +4,7 @@ Re-measures a checkpoint on the test split saved beside it (`split.csv` of its r
 settings it was trained with; only where and how fast it runs, and where the data lives now, may
 be given. Prints test top-1/3/5 and loss.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,8 +17,14 @@ from omegaconf import DictConfig
 
 from animalcls import checkpoint
 from animalcls.augment import DeviceAugment
-from animalcls.build import (Prepared, build_criterion, choose_channels_last, choose_precision, make_batches,
-                             resolve_device)
+from animalcls.build import (
+    Prepared,
+    build_criterion,
+    choose_channels_last,
+    choose_precision,
+    make_batches,
+    resolve_device,
+)
 from animalcls.commands import RUN_SETTINGS, checked_overrides, overlay
 from animalcls.data import Dataset, load_cache
 from animalcls.engine import StepSettings, evaluate
@@ -49,7 +56,9 @@ def test_split(cfg: DictConfig, split_file: Path, classes: list[str]) -> Prepare
         raise AnimalclsError(f"{split_file} is missing: eval needs the split.csv saved beside the checkpoint.")
     table = pd.read_csv(split_file)
     if not SPLIT_COLUMNS <= set(table.columns):
-        raise AnimalclsError(f"{split_file} is not a split manifest (needs columns {', '.join(sorted(SPLIT_COLUMNS))}).")
+        raise AnimalclsError(
+            f"{split_file} is not a split manifest (needs columns {', '.join(sorted(SPLIT_COLUMNS))})."
+        )
     test = table[table["split"] == "test"]
     if test.empty:
         raise AnimalclsError(f"{split_file} lists no test images.")
@@ -57,8 +66,10 @@ def test_split(cfg: DictConfig, split_file: Path, classes: list[str]) -> Prepare
     data = Dataset(root, test["path"].astype(str).tolist(), test["label_idx"].to_numpy(np.int64), classes)
     missing = [p for p in data.paths if not (root / p).is_file()]
     if missing:
-        raise AnimalclsError(f"{len(missing)} test image(s) are missing under {root} (e.g. {missing[0]}); "
-                             f"pass data.root=... where the data set lives now.")
+        raise AnimalclsError(
+            f"{len(missing)} test image(s) are missing under {root} (e.g. {missing[0]}); "
+            f"pass data.root=... where the data set lives now."
+        )
     images, bad = load_cache(data, cfg.aug.resize, cfg.aug.crop, cfg.data.cache_dir, cfg.workers)
     for path, why in bad:
         log.warning("skipping unreadable test image %s: %s", path, why)

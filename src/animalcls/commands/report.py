@@ -4,6 +4,7 @@ The paper's tables and figures from one or more results tables, written under `o
 (default outputs/report). Values follow Hydra's override grammar, as for every other subcommand:
 lists in brackets, quotes for spaces and for ids that look like numbers (`runs=["1234e5"]`).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -35,8 +36,9 @@ def _options(args: list[str]) -> dict[str, Any]:
     for override in parse_overrides(args, "report"):
         key = override.key_or_group
         if key not in KEYS:
-            raise AnimalclsError(f"report does not take {key}=; it takes "
-                                 + ", ".join(f"{k}={v}" for k, v in KEYS.items()) + ".")
+            raise AnimalclsError(
+                f"report does not take {key}=; it takes " + ", ".join(f"{k}={v}" for k, v in KEYS.items()) + "."
+            )
         options[key] = override.value()
     return options
 
@@ -47,8 +49,10 @@ def _strings(value: Any, key: str) -> list[str]:
     values = value if isinstance(value, list) else [value]
     for v in values:
         if not isinstance(v, (str, int)) or isinstance(v, bool) or v == "":
-            raise AnimalclsError(f"{key}={value!r}: each value must be a path or an id; quote one that "
-                                 f"Hydra would read as a number or a constant, e.g. {key}=[\"1234e5\"].")
+            raise AnimalclsError(
+                f"{key}={value!r}: each value must be a path or an id; quote one that "
+                f'Hydra would read as a number or a constant, e.g. {key}=["1234e5"].'
+            )
     if not values:
         raise AnimalclsError(f"{key}=[] is empty; leave {key} out for its default.")
     return [str(v) for v in values]
@@ -69,7 +73,7 @@ def write_report(tables: list[str], out: Path, runs: list[str] | None) -> Path:
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):   # mkdir succeeds on an existing read-only folder
+        with tempfile.TemporaryFile(dir=out):  # mkdir succeeds on an existing read-only folder
             pass
     except OSError as exc:
         raise AnimalclsError(_cannot_write(out, exc)) from None
@@ -77,7 +81,7 @@ def _check_writable(out: Path) -> None:
 
 def _cannot_write(out: Path, exc: OSError) -> str:
     blocking = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:   # mkdir's "File exists" / "Not a directory" would not say which file
+    if blocking is not None:  # mkdir's "File exists" / "Not a directory" would not say which file
         why = f"{blocking} is a file, not a folder"
     else:
         where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != out else ""

@@ -4,6 +4,7 @@ The table is an index; each run's `record.json` is the truth. Rebuild after a cr
 or a hand edit: every run dir under `runs=` (default: the table's folder) with a record gets
 exactly one row, and rows of older runs without a record are kept.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

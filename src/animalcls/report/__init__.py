@@ -11,10 +11,20 @@ One job per module, data flowing one way:
 
 The results schema is `animalcls.record`'s; tables are read with `animalcls.results.load`.
 """
+
 from animalcls.report.aggregate import aggregate, prepare
 from animalcls.report.assemble import figure_failures, run_report
 from animalcls.report.rundirs import choose_runs, predictions_of
 from animalcls.report.tables import comparison, latex_table, markdown_table
 
-__all__ = ["aggregate", "choose_runs", "comparison", "figure_failures", "latex_table",
-           "markdown_table", "predictions_of", "prepare", "run_report"]
+__all__ = [
+    "aggregate",
+    "choose_runs",
+    "comparison",
+    "figure_failures",
+    "latex_table",
+    "markdown_table",
+    "predictions_of",
+    "prepare",
+    "run_report",
+]

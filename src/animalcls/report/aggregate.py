@@ -11,6 +11,7 @@ Names used throughout the report:
   fall back to ran_as + data + precision + split, so bf16 and fp32 runs, or two different test
   sets, are never pooled.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,16 +32,43 @@ BOOLEANS = ("pretrained", "batch_norm")
 TEXT = (*record.TEXT_COLUMNS, *CHOICES)
 NUMERIC = tuple(c for c in record.COLUMNS if c not in TEXT and c not in BOOLEANS)
 GROUP_KEYS = ["paper_config", "repeat_key"]
-SETTINGS_SHOWN = ("model", "optimizer", "lr", "batch_size", "epochs", "loss", "aug", "batch_norm",
-                  "dropout", "pretrained")
+SETTINGS_SHOWN = (
+    "model",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "epochs",
+    "loss",
+    "aug",
+    "batch_norm",
+    "dropout",
+    "pretrained",
+)
 AGGREGATE_COLUMNS = [
-    *GROUP_KEYS, "ran_as", "data_name", "precision", "split", *SETTINGS_SHOWN,
-    "n", "n_runs", "n_ok", "n_diverged", "n_failed", "seeds", "diffs", "run_ids",
+    *GROUP_KEYS,
+    "ran_as",
+    "data_name",
+    "precision",
+    "split",
+    *SETTINGS_SHOWN,
+    "n",
+    "n_runs",
+    "n_ok",
+    "n_diverged",
+    "n_failed",
+    "seeds",
+    "diffs",
+    "run_ids",
     *(f"{m}_{s}" for m in (*ACCURACY, "val_top1") for s in ("mean", "std")),
-    "gflops", "gmacs_fvcore", "params", "train_seconds"]
+    "gflops",
+    "gmacs_fvcore",
+    "params",
+    "train_seconds",
+]
 
 
 # ---------------------------------------------------------------- one row per run
+
 
 def data_name(value: Any, record_version: Any = None) -> str:
     """The data set of a run from the results' `data` cell. Since record_version 2 the cell is a
@@ -64,7 +92,7 @@ def ran_as(row: dict) -> str:
     """The paper configuration id of the settings a run ran ('' if they were never recorded)."""
     try:
         return paper.paper_config_of(row)
-    except (KeyError, TypeError, ValueError):   # a run that failed before its settings were known
+    except (KeyError, TypeError, ValueError):  # a run that failed before its settings were known
         return ""
 
 
@@ -74,8 +102,11 @@ def settings_diff(row: dict, config: dict) -> list[str]:
     keys = ["model", "pretrained", "optimizer", "lr", "batch_size", "epochs", "loss", "augmentation"]
     if paper.has_base_options(config["model"]):
         keys += ["batch_norm", "dropout"]
-    return [f"{key}={plain(ran.get(key))} (paper {plain(config[key])})" for key in keys
-            if not _same(key, ran.get(key), config[key])]
+    return [
+        f"{key}={plain(ran.get(key))} (paper {plain(config[key])})"
+        for key in keys
+        if not _same(key, ran.get(key), config[key])
+    ]
 
 
 def _same(key: str, mine: Any, theirs: Any) -> bool:
@@ -138,10 +169,8 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame["paper_config"] = frame["paper_config"].where(frame["paper_config"] != "", frame["ran_as"])
     frame["repeat_key"] = [repeat_key(r) for r in frame.to_dict("records")]
     known = paper.configs().set_index("paper_config").to_dict("index")
-    frame["diffs"] = ["; ".join(_diffs(r, known.get(r["paper_config"])))
-                      for r in frame.to_dict("records")]
-    frame["counted"] = (frame["status"] == "ok") | (
-        (frame["status"] == "diverged") & frame["test_top1"].notna())
+    frame["diffs"] = ["; ".join(_diffs(r, known.get(r["paper_config"]))) for r in frame.to_dict("records")]
+    frame["counted"] = (frame["status"] == "ok") | ((frame["status"] == "diverged") & frame["test_top1"].notna())
     return frame
 
 
@@ -154,6 +183,7 @@ def _diffs(row: dict, config: dict | None) -> list[str]:
 
 # ---------------------------------------------------------------- groups of repeats
 
+
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """Seed repeats -> one row per (paper_config, repeat_key): see AGGREGATE_COLUMNS.
 
@@ -162,8 +192,7 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     gflops, gmacs_fvcore, params, train_seconds. `frame` is a prepared table (see `prepare`);
     std is the sample std (NaN for n=1).
     """
-    rows = [_aggregate_group(keys, group) for keys, group in
-            frame.groupby(GROUP_KEYS, sort=False, dropna=False)]
+    rows = [_aggregate_group(keys, group) for keys, group in frame.groupby(GROUP_KEYS, sort=False, dropna=False)]
     return pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
 
 
@@ -171,9 +200,12 @@ def one_per_seed(counted: pd.DataFrame) -> pd.DataFrame:
     """The latest run of each seed: two runs of one group with one seed measured the same thing
     (e.g. one run recorded under two old-style run ids), so they are one sample, not two."""
     seeded = counted[counted["seed"].notna()]
-    latest = (seeded.assign(_stamp=_stamps(seeded)).sort_values("_stamp", na_position="first",
-                                                                 kind="mergesort")
-              .drop_duplicates("seed", keep="last").drop(columns="_stamp"))
+    latest = (
+        seeded.assign(_stamp=_stamps(seeded))
+        .sort_values("_stamp", na_position="first", kind="mergesort")
+        .drop_duplicates("seed", keep="last")
+        .drop(columns="_stamp")
+    )
     return pd.concat([latest, counted[counted["seed"].isna()]])
 
 
@@ -183,11 +215,16 @@ def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
     first = group.iloc[0]
     row = dict(zip(GROUP_KEYS, keys))
     row.update({k: first[k] for k in ("ran_as", "data_name", "precision", "split", *SETTINGS_SHOWN)})
-    row.update(n=len(counted), n_runs=len(group), n_ok=int((status == "ok").sum()),
-               n_diverged=int((status == "diverged").sum()),
-               n_failed=int(status.isin(["failed", "interrupted"]).sum()),
-               seeds=",".join(plain(s) for s in sorted(counted["seed"].dropna().unique())),
-               diffs=first["diffs"], run_ids=";".join(group["run_id"]))
+    row.update(
+        n=len(counted),
+        n_runs=len(group),
+        n_ok=int((status == "ok").sum()),
+        n_diverged=int((status == "diverged").sum()),
+        n_failed=int(status.isin(["failed", "interrupted"]).sum()),
+        seeds=",".join(plain(s) for s in sorted(counted["seed"].dropna().unique())),
+        diffs=first["diffs"],
+        run_ids=";".join(group["run_id"]),
+    )
     for metric in (*ACCURACY, "val_top1"):
         values = counted[metric].dropna()
         row[f"{metric}_mean"] = values.mean() if len(values) else float("nan")
@@ -200,11 +237,13 @@ def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
 
 # ---------------------------------------------------------------- picking runs
 
+
 def first_of(counted: pd.DataFrame, paper_config: str) -> dict | None:
     """The run that stands for a paper configuration: exact settings first, then lowest seed."""
     rows = counted[counted["paper_config"] == paper_config]
     rows = rows.assign(_exact=rows["diffs"] == "").sort_values(
-        ["_exact", "seed"], ascending=[False, True], kind="mergesort")
+        ["_exact", "seed"], ascending=[False, True], kind="mergesort"
+    )
     return rows.iloc[0].to_dict() if len(rows) else None
 
 
@@ -221,6 +260,7 @@ def best(counted: pd.DataFrame) -> dict | None:
 
 # ---------------------------------------------------------------- one run's predictions
 
+
 def per_class_accuracy(predictions: pd.DataFrame) -> pd.DataFrame:
     """Test accuracy [%] and test images per true class, lowest accuracy first."""
     correct = predictions["label"] == predictions["predicted"]
@@ -232,14 +272,14 @@ def per_class_accuracy(predictions: pd.DataFrame) -> pd.DataFrame:
 
 def confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """Counts, rows = true class, columns = predicted class, in `classes` order."""
-    names = list(dict.fromkeys([*classes, *sorted(set(predictions["label"]) |
-                                                  set(predictions["predicted"]))]))
+    names = list(dict.fromkeys([*classes, *sorted(set(predictions["label"]) | set(predictions["predicted"]))]))
     table = pd.crosstab(predictions["label"], predictions["predicted"])
     return table.reindex(index=names, columns=names, fill_value=0)
 
 
 def top_confusions(matrix: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
-    pairs = [(t, p, int(matrix.at[t, p])) for t in matrix.index for p in matrix.columns
-             if t != p and matrix.at[t, p] > 0]
+    pairs = [
+        (t, p, int(matrix.at[t, p])) for t in matrix.index for p in matrix.columns if t != p and matrix.at[t, p] > 0
+    ]
     pairs.sort(key=lambda x: -x[2])
     return pd.DataFrame(pairs[:limit], columns=["True class", "Predicted as", "Test images"])

@@ -20,6 +20,7 @@ Rules (also stated in report.md):
   1.56 % / 2.76 % rows look like); `failed` and `interrupted` runs are counted, never averaged.
 - A paper row with no averaged run shows "missing" (empty numbers in CSV), never 0.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,16 +31,15 @@ import pandas as pd
 from animalcls import paper, record
 from animalcls import results as results_table
 from animalcls.report import figures, rundirs
-from animalcls.report.aggregate import (GROUP_KEYS, aggregate, confusion, per_class_accuracy,
-                                        prepare, top_confusions)
-from animalcls.report.tables import (MISSING, comparison, markdown_table, write_csv,
-                                     write_paper_tables, write_runs)
+from animalcls.report.aggregate import GROUP_KEYS, aggregate, confusion, per_class_accuracy, prepare, top_confusions
+from animalcls.report.tables import MISSING, comparison, markdown_table, write_csv, write_paper_tables, write_runs
 from animalcls.report.text import is_blank, md_code, md_text, plain
 
-Figure = tuple[str, Path | None, str]   # (heading as plain text, PNG or None, Markdown text)
+Figure = tuple[str, Path | None, str]  # (heading as plain text, PNG or None, Markdown text)
 
 
 # ---------------------------------------------------------------- run titles and figures
+
 
 def run_title(row: dict) -> str:
     """What ran (plain text): its ran_as id, the paper configuration it stands for when that
@@ -59,8 +59,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "run"
 
 
-def figure_failures(predictions: pd.DataFrame, folder: Path, bases: list[Path], title: str,
-                    path: Path, limit: int = 12) -> tuple[Path | None, int]:
+def figure_failures(
+    predictions: pd.DataFrame, folder: Path, bases: list[Path], title: str, path: Path, limit: int = 12
+) -> tuple[Path | None, int]:
     """Misclassified test images, most confident mistakes first, with true and predicted labels.
     Returns (figure or None when no image file could be opened, number of images shown)."""
     tiles = rundirs.failure_images(predictions, folder, bases, limit)
@@ -69,20 +70,23 @@ def figure_failures(predictions: pd.DataFrame, folder: Path, bases: list[Path], 
     return figures.figure_gallery(tiles, title, path), len(tiles)
 
 
-def _per_run_figures(chosen: list[dict], problems: list[str], bases: list[Path],
-                     out: Path) -> list[Figure]:
+def _per_run_figures(chosen: list[dict], problems: list[str], bases: list[Path], out: Path) -> list[Figure]:
     found: list[Figure] = []
     for row in chosen:
         folder = rundirs.resolve_path(row.get("run_dir"), bases)
         history = rundirs.history_of(folder)
         heading = f"Training curves, {row['label']}: {run_title(row)}"
         if history is None:
-            found.append((heading, None, f"No history.csv for this run (run dir "
-                                         f"{md_code(row.get('run_dir', ''))} not found or incomplete)."))
+            found.append(
+                (
+                    heading,
+                    None,
+                    f"No history.csv for this run (run dir {md_code(row.get('run_dir', ''))} not found or incomplete).",
+                )
+            )
             continue
         path = out / "figures" / f"curves_{_slug(str(row.get('run_id') or folder.name))}.png"
-        found.append((heading, figures.figure_curves(history, f"{row['label']}: {run_title(row)}",
-                                                     path), ""))
+        found.append((heading, figures.figure_curves(history, f"{row['label']}: {run_title(row)}", path), ""))
     return found + [("Training curves", None, md_text(p)) for p in problems]
 
 
@@ -96,30 +100,39 @@ def _analysis_figures(frame: pd.DataFrame, bases: list[Path], out: Path) -> list
     predictions = rundirs.predictions_of(folder)
     if predictions is None or predictions.empty:
         return [("Failure cases", None, f"{md_code(folder / 'predictions.csv')} is empty or unreadable.")]
-    gallery, shown = figure_failures(predictions, folder, bases, title,
-                                     out / "figures" / "failure_cases.png")
+    gallery, shown = figure_failures(predictions, folder, bases, title, out / "figures" / "failure_cases.png")
     wrong = int((predictions["label"] != predictions["predicted"]).sum())
-    note = (f"{wrong} of {len(predictions)} test images misclassified by the best run; "
-            f"{shown} shown." if gallery else
-            f"{wrong} of {len(predictions)} test images misclassified, but none of their image "
-            f"files could be opened (moved or deleted?), so no gallery.")
+    note = (
+        f"{wrong} of {len(predictions)} test images misclassified by the best run; {shown} shown."
+        if gallery
+        else f"{wrong} of {len(predictions)} test images misclassified, but none of their image "
+        f"files could be opened (moved or deleted?), so no gallery."
+    )
     found: list[Figure] = [(f"Failure cases: {title}", gallery, note)]
     per_class = per_class_accuracy(predictions)
     write_csv(per_class, out / "per_class_accuracy.csv")
     overall = 100 * float((predictions["label"] == predictions["predicted"]).mean())
-    found.append((f"Per-class accuracy: {title}", figures.figure_per_class(
-        per_class, overall, title, out / "figures" / "per_class_accuracy.png"),
-        "All classes: per_class_accuracy.csv."))
+    found.append(
+        (
+            f"Per-class accuracy: {title}",
+            figures.figure_per_class(per_class, overall, title, out / "figures" / "per_class_accuracy.png"),
+            "All classes: per_class_accuracy.csv.",
+        )
+    )
     matrix = confusion(predictions, rundirs.class_names(folder))
     pairs = top_confusions(matrix)
     text = ("Most frequent confusions:\n\n" + markdown_table(pairs)) if len(pairs) else ""
-    found.append((f"Confusion matrix: {title}", figures.figure_confusion(
-        matrix, title, out / "figures" / "confusion_matrix.png"), text))
+    found.append(
+        (
+            f"Confusion matrix: {title}",
+            figures.figure_confusion(matrix, title, out / "figures" / "confusion_matrix.png"),
+            text,
+        )
+    )
     return found + [_distribution_figure(frame, folder, bases, out)]
 
 
-def _distribution_figure(frame: pd.DataFrame, preferred: Path, bases: list[Path],
-                         out: Path) -> Figure:
+def _distribution_figure(frame: pd.DataFrame, preferred: Path, bases: list[Path], out: Path) -> Figure:
     found = rundirs.split_of(frame, preferred, bases)
     if found is None:
         return ("Class distribution", None, "No split.csv found in any run dir.")
@@ -141,14 +154,22 @@ def _figure_lines(found: list[Figure], out: Path) -> list[str]:
 
 # ---------------------------------------------------------------- report.md sections
 
+
 def _coverage(compared: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for table in paper.tables():
         t = compared[compared["table"] == table]
         done = int((t["status"] == "ok").sum())
-        rows.append({"Table": table, "What it varies": paper.TABLE_TITLES.get(table, ""),
-                     "Paper rows": len(t), "Reproduced": done, "Missing": len(t) - done,
-                     "Sweep": f"`animalcls train -m +experiment=paper/{paper.experiment_name(table)}`"})
+        rows.append(
+            {
+                "Table": table,
+                "What it varies": paper.TABLE_TITLES.get(table, ""),
+                "Paper rows": len(t),
+                "Reproduced": done,
+                "Missing": len(t) - done,
+                "Sweep": f"`animalcls train -m +experiment=paper/{paper.experiment_name(table)}`",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -157,16 +178,24 @@ def _missing_section(compared: pd.DataFrame) -> list[str]:
     total = compared["paper_config"].nunique()
     if missing.empty:
         return [f"All {total} distinct configurations have at least one finished run.", ""]
-    lines = [f"{len(missing)} of {total} distinct configurations have no finished run yet "
-             f"(shown as \"missing\" in the tables, never as 0):", ""]
+    lines = [
+        f"{len(missing)} of {total} distinct configurations have no finished run yet "
+        f'(shown as "missing" in the tables, never as 0):',
+        "",
+    ]
     for r in missing.to_dict("records"):
         tables = compared.loc[compared["paper_config"] == r["paper_config"], "table"]
-        detail = r["status"][len(MISSING):].strip(" ()")
+        detail = r["status"][len(MISSING) :].strip(" ()")
         # ids from the paper's own data: code spans are safe
-        lines.append(f"- {md_code(r['paper_config'])} ({detail + '; ' if detail else ''}"
-                     f"tables {', '.join(sorted(set(tables)))})")
-    lines += ["", "Run everything that is missing (finished runs are skipped): "
-              "`animalcls train -m +experiment=paper/all seed=0,1,2`", ""]
+        lines.append(
+            f"- {md_code(r['paper_config'])} ({detail + '; ' if detail else ''}tables {', '.join(sorted(set(tables)))})"
+        )
+    lines += [
+        "",
+        "Run everything that is missing (finished runs are skipped): "
+        "`animalcls train -m +experiment=paper/all seed=0,1,2`",
+        "",
+    ]
     return lines
 
 
@@ -187,10 +216,13 @@ def _observed_choices(frame: pd.DataFrame, bases: list[Path]) -> dict[str, str]:
 
 def _choices_section(frame: pd.DataFrame, bases: list[Path]) -> list[str]:
     observed = _observed_choices(frame, bases)
-    table = pd.DataFrame({"Left open by the paper": [q for _, q, _ in paper.OPEN_SETTINGS],
-                          "Choice made here": [c for _, _, c in paper.OPEN_SETTINGS],
-                          "Used by the runs in this report": [observed.get(k, "")
-                                                              for k, _, _ in paper.OPEN_SETTINGS]})
+    table = pd.DataFrame(
+        {
+            "Left open by the paper": [q for _, q, _ in paper.OPEN_SETTINGS],
+            "Choice made here": [c for _, _, c in paper.OPEN_SETTINGS],
+            "Used by the runs in this report": [observed.get(k, "") for k, _, _ in paper.OPEN_SETTINGS],
+        }
+    )
     # the first two columns are this project's own Markdown; the third comes from run dirs
     return [markdown_table(table, raw=["Left open by the paper", "Choice made here"])]
 
@@ -213,7 +245,7 @@ def _rules() -> list[str]:
         "data set), the row's note says so; runs with exactly the paper's settings are preferred. "
         "`ran_as` (runs.csv) is the paper configuration id of the settings a run actually ran.",
         "- A run id seen more than once (a re-run, merged tables) counts once: its latest ok row.",
-        "- **Paper GFLOPs** is the paper's \"efficiency\"; **measured GFLOPs** counts 2 x "
+        '- **Paper GFLOPs** is the paper\'s "efficiency"; **measured GFLOPs** counts 2 x '
         "multiply-adds over conv and linear layers (the paper's convention); fvcore's GMACs "
         "(multiply-adds, including batch-norm) are in runs.md.",
         "- The **best run** is the ok run with the highest test top-1 (as the paper picks its best "
@@ -226,22 +258,30 @@ def _sources(tables: list[str], raw_rows: int, frame: pd.DataFrame) -> list[str]
     counts = frame["status"].value_counts()
     status = ", ".join(f"{int(counts.get(s, 0))} {s}" for s in record.STATUSES)
     files = ", ".join(md_code(t) for t in tables)
-    return [f"Generated by `animalcls report` from {files}: {raw_rows} rows, {len(frame)} runs "
-            f"after merging repeats of a run id ({status}). Nothing was trained to make it.", ""]
+    return [
+        f"Generated by `animalcls report` from {files}: {raw_rows} rows, {len(frame)} runs "
+        f"after merging repeats of a run id ({status}). Nothing was trained to make it.",
+        "",
+    ]
 
 
 def _paper_tables_section(inline: dict[str, str]) -> list[str]:
     lines = []
     for table in paper.tables():
         name = paper.experiment_name(table)
-        lines += [f"### Table {table}: {paper.TABLE_TITLES.get(table, '')}", "", inline[table], "",
-                  f"Files: [CSV](tables/{name}.csv) · [Markdown](tables/{name}.md) · "
-                  f"[LaTeX](tables/{name}.tex) · all rows: [paper_comparison.csv](paper_comparison.csv)", ""]
+        lines += [
+            f"### Table {table}: {paper.TABLE_TITLES.get(table, '')}",
+            "",
+            inline[table],
+            "",
+            f"Files: [CSV](tables/{name}.csv) · [Markdown](tables/{name}.md) · "
+            f"[LaTeX](tables/{name}.tex) · all rows: [paper_comparison.csv](paper_comparison.csv)",
+            "",
+        ]
     return lines
 
 
-FIGURES = ("accuracy_efficiency", "failure_cases", "per_class_accuracy", "confusion_matrix",
-           "class_distribution")
+FIGURES = ("accuracy_efficiency", "failure_cases", "per_class_accuracy", "confusion_matrix", "class_distribution")
 
 
 def _clear_previous(out: Path) -> None:
@@ -255,6 +295,7 @@ def _clear_previous(out: Path) -> None:
 
 
 # ---------------------------------------------------------------- the report
+
 
 def run_report(tables: list[str], out: str, runs: list[str] | None = None) -> Path:
     """Write the report of one or more results tables under `out`; return report.md's path.
@@ -278,21 +319,48 @@ def run_report(tables: list[str], out: str, runs: list[str] | None = None) -> Pa
     bases = rundirs.bases_of(tables)
     scatter = figures.figure_accuracy_efficiency(groups, folder / "figures" / "accuracy_efficiency.png")
     chosen, problems = rundirs.choose_runs(frame, runs, bases)
-    found = [("Accuracy vs efficiency (paper Figure 3.1)", scatter,
-              "Hollow: the paper's numbers; filled: reproduced (mean ± std over seeds; triangles: "
-              "settings or data differ from the paper's, see the tables' notes); dotted: the same "
-              "configuration."),
-             *_per_run_figures(chosen, problems, bases, folder),
-             *_analysis_figures(frame, bases, folder)]
-    lines = ["# Reproduction of \"Image Classification on Animals\" (Ko and Guo)", "",
-             *_sources(tables, len(raw), frame), "## Coverage", "",
-             markdown_table(_coverage(compared), raw=["Sweep"]), "", "### What is missing", "",
-             *_missing_section(compared), "## How to read the tables", "", *_rules(),
-             "## Settings the paper leaves open, and the choices made", "",
-             *_choices_section(frame, bases), "", "## The paper's tables", "",
-             *_paper_tables_section(inline), "## Figures", "", *_figure_lines(found, folder),
-             "## Every run", "", "[runs.csv](runs.csv) · [runs.md](runs.md)", "",
-             runs_md if len(frame) <= 200 else "(more than 200 runs: see runs.md)", ""]
+    found = [
+        (
+            "Accuracy vs efficiency (paper Figure 3.1)",
+            scatter,
+            "Hollow: the paper's numbers; filled: reproduced (mean ± std over seeds; triangles: "
+            "settings or data differ from the paper's, see the tables' notes); dotted: the same "
+            "configuration.",
+        ),
+        *_per_run_figures(chosen, problems, bases, folder),
+        *_analysis_figures(frame, bases, folder),
+    ]
+    lines = [
+        '# Reproduction of "Image Classification on Animals" (Ko and Guo)',
+        "",
+        *_sources(tables, len(raw), frame),
+        "## Coverage",
+        "",
+        markdown_table(_coverage(compared), raw=["Sweep"]),
+        "",
+        "### What is missing",
+        "",
+        *_missing_section(compared),
+        "## How to read the tables",
+        "",
+        *_rules(),
+        "## Settings the paper leaves open, and the choices made",
+        "",
+        *_choices_section(frame, bases),
+        "",
+        "## The paper's tables",
+        "",
+        *_paper_tables_section(inline),
+        "## Figures",
+        "",
+        *_figure_lines(found, folder),
+        "## Every run",
+        "",
+        "[runs.csv](runs.csv) · [runs.md](runs.md)",
+        "",
+        runs_md if len(frame) <= 200 else "(more than 200 runs: see runs.md)",
+        "",
+    ]
     index = folder / "report.md"
     index.write_text("\n".join(lines))
     return index

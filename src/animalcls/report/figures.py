@@ -4,6 +4,7 @@ matplotlib is imported on first use (it costs about a second), and with the Agg 
 report never needs a display. Text that came from the data (run titles, class names) goes
 through `mpl_text`, so a `$` in a name is drawn, not parsed as math.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ from animalcls.report.text import is_blank, mpl_text
 def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")   # never needs a display
+    matplotlib.use("Agg")  # never needs a display
     import matplotlib.pyplot as plt
 
     return plt
@@ -37,7 +38,7 @@ def _gflops_axis(ax: Any, xs: list[float]) -> None:
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     ax.set_xscale("log")
-    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8, 16])   # plain numbers, not 4x10^-1
+    ax.set_xticks([0.25, 0.5, 1, 2, 4, 8, 16])  # plain numbers, not 4x10^-1
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(min(xs) / 1.3, max(xs) * 1.3)
@@ -47,15 +48,26 @@ def _gflops_axis(ax: Any, xs: list[float]) -> None:
 def _legend(ax: Any, models: list[str], colors: dict, differs: bool) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m))
-               for m in models]
-    handles += [Line2D([], [], marker="o", linestyle="", markerfacecolor="none",
-                       markeredgecolor="black", color="black", label="paper (as reported)"),
-                Line2D([], [], marker="o", linestyle="", color="black",
-                       label="reproduced (top-1, mean ± std)")]
+    handles = [
+        Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m)) for m in models
+    ]
+    handles += [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markerfacecolor="none",
+            markeredgecolor="black",
+            color="black",
+            label="paper (as reported)",
+        ),
+        Line2D([], [], marker="o", linestyle="", color="black", label="reproduced (top-1, mean ± std)"),
+    ]
     if differs:
-        handles.append(Line2D([], [], marker="^", linestyle="", color="black",
-                              label="reproduced, settings differ from the paper"))
+        handles.append(
+            Line2D([], [], marker="^", linestyle="", color="black", label="reproduced, settings differ from the paper")
+        )
     ax.legend(handles=handles, loc="lower right", fontsize=8)
 
 
@@ -69,17 +81,37 @@ def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     fig, ax = plt.subplots(figsize=(9, 6))
     for model, points in configs.groupby("model"):
-        ax.scatter(points["efficiency_g"], points["accuracy_pct"], s=60, facecolors="none",
-                   edgecolors=[colors.get(model, "grey")], linewidths=1.5, zorder=3)
+        ax.scatter(
+            points["efficiency_g"],
+            points["accuracy_pct"],
+            s=60,
+            facecolors="none",
+            edgecolors=[colors.get(model, "grey")],
+            linewidths=1.5,
+            zorder=3,
+        )
     reproduced = groups[groups["test_top1_mean"].notna() & groups["gflops"].notna()]
     for (model, exact), points in reproduced.groupby(["model", reproduced["diffs"] == ""]):
-        ax.errorbar(points["gflops"], points["test_top1_mean"],
-                    yerr=points["test_top1_std"].fillna(0.0), fmt="o" if exact else "^",
-                    color=colors.get(model, "grey"), markersize=6, capsize=3, zorder=4)
+        ax.errorbar(
+            points["gflops"],
+            points["test_top1_mean"],
+            yerr=points["test_top1_std"].fillna(0.0),
+            fmt="o" if exact else "^",
+            color=colors.get(model, "grey"),
+            markersize=6,
+            capsize=3,
+            zorder=4,
+        )
     paired = reproduced.merge(configs, on="paper_config", suffixes=("", "_paper"))
     for p in paired.to_dict("records"):
-        ax.plot([p["efficiency_g"], p["gflops"]], [p["accuracy_pct"], p["test_top1_mean"]], ":",
-                color=colors.get(p["model"], "grey"), linewidth=0.8, zorder=2)
+        ax.plot(
+            [p["efficiency_g"], p["gflops"]],
+            [p["accuracy_pct"], p["test_top1_mean"]],
+            ":",
+            color=colors.get(p["model"], "grey"),
+            linewidth=0.8,
+            zorder=2,
+        )
     _gflops_axis(ax, [*configs["efficiency_g"], *reproduced["gflops"]])
     ax.set_ylabel("test accuracy [%]")
     ax.set_title("Accuracy vs efficiency (paper Figure 3.1): paper vs reproduced")
@@ -93,14 +125,15 @@ def figure_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
     plt = _pyplot()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(11, 4))
     epoch = history["epoch"]
-    for column, label, style in (("train_top1", "train top-1", "-o"),
-                                 ("val_top1", "validation top-1", "-s"),
-                                 ("val_top3", "validation top-3", "--")):
+    for column, label, style in (
+        ("train_top1", "train top-1", "-o"),
+        ("val_top1", "validation top-1", "-s"),
+        ("val_top3", "validation top-3", "--"),
+    ):
         if column in history:
             acc.plot(epoch, history[column], style, label=label, markersize=3)
     acc.set(xlabel="epoch", ylabel="accuracy [%]", title="Accuracy")
-    for column, label, style in (("train_loss", "train loss", "-o"),
-                                 ("val_loss", "validation loss", "-s")):
+    for column, label, style in (("train_loss", "train loss", "-o"), ("val_loss", "validation loss", "-s")):
         if column in history:
             loss.plot(epoch, history[column], style, label=label, markersize=3)
     loss.set(xlabel="epoch", ylabel="loss (per image)", title="Loss")
@@ -125,8 +158,7 @@ def figure_gallery(tiles: list[tuple[Any, dict]], title: str, path: Path) -> Pat
     for ax, (image, r) in zip(axes.flat, tiles):
         ax.imshow(image)
         prob = "" if is_blank(r.get("probability")) else f" ({float(r['probability']):.0%})"
-        ax.set_title(mpl_text(f"true: {r['label']}\npredicted: {r['predicted']}{prob}"), fontsize=8,
-                     color="darkred")
+        ax.set_title(mpl_text(f"true: {r['label']}\npredicted: {r['predicted']}{prob}"), fontsize=8, color="darkred")
     fig.suptitle(mpl_text(f"Misclassified test images (most confident first): {title}"), fontsize=10)
     return _save(fig, path)
 
@@ -146,8 +178,9 @@ def figure_class_distribution(split: pd.DataFrame, path: Path) -> Path:
     ax.set_xticklabels(map(mpl_text, counts.index), rotation=90, fontsize=6 if len(counts) > 40 else 8)
     ax.set(xlabel="class", ylabel="images", xlim=(-0.6, len(counts) - 0.4))
     totals = ", ".join(f"{counts[c].sum():,} {c}" for c in counts.columns)
-    ax.set_title(f"Class distribution: {int(counts.values.sum()):,} images in {len(counts)} "
-                 f"classes ({totals})", fontsize=10)
+    ax.set_title(
+        f"Class distribution: {int(counts.values.sum()):,} images in {len(counts)} classes ({totals})", fontsize=10
+    )
     ax.legend(title="split")
     from matplotlib.ticker import MaxNLocator
 
@@ -163,8 +196,12 @@ def figure_per_class(per_class: pd.DataFrame, overall: float, title: str, path: 
     ax.axhline(overall, color="tab:red", linestyle="--", label=f"overall {overall:.2f} %")
     ax.set_xticks(range(len(per_class)))
     ax.set_xticklabels(map(mpl_text, per_class["class"]), rotation=90, fontsize=6 if len(per_class) > 40 else 8)
-    ax.set(xlabel="true class (lowest accuracy first)", ylabel="test top-1 accuracy [%]",
-           ylim=(0, 105), xlim=(-0.6, len(per_class) - 0.4))
+    ax.set(
+        xlabel="true class (lowest accuracy first)",
+        ylabel="test top-1 accuracy [%]",
+        ylim=(0, 105),
+        xlim=(-0.6, len(per_class) - 0.4),
+    )
     ax.set_title(mpl_text(f"Per-class test accuracy: {title}"), fontsize=10)
     ax.legend()
     ax.grid(True, axis="y", alpha=0.3)
@@ -185,9 +222,9 @@ def figure_confusion(matrix: pd.DataFrame, title: str, path: Path) -> Path:
         ax.set_xticklabels(map(mpl_text, matrix.columns), rotation=90, fontsize=7)
         ax.set_yticks(range(n))
         ax.set_yticklabels(map(mpl_text, matrix.index), fontsize=7)
-    ax.set(xlabel="predicted class" + ("" if n <= 40 else " (index, sorted by name)"),
-           ylabel="true class" + ("" if n <= 40 else " (index, sorted by name)"))
+    ax.set(
+        xlabel="predicted class" + ("" if n <= 40 else " (index, sorted by name)"),
+        ylabel="true class" + ("" if n <= 40 else " (index, sorted by name)"),
+    )
     ax.set_title(mpl_text(f"Confusion matrix: {title}"), fontsize=10)
     return _save(fig, path)
-
-

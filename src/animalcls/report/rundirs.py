@@ -4,6 +4,7 @@ A results row names its run dir, often relative to where the run was started; a 
 made elsewhere, so paths are tried against a few bases. A missing or unreadable file is logged
 and read as None: a partial run dir gives a partial report, never an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,7 +36,7 @@ def resolve_path(path: Any, bases: Iterable[Path]) -> Path | None:
     if is_blank(path):
         return None
     p = Path(str(path)).expanduser()
-    for candidate in ([p] if p.is_absolute() else [b / p for b in bases]):
+    for candidate in [p] if p.is_absolute() else [b / p for b in bases]:
         if candidate.exists():
             return candidate
     return None
@@ -49,7 +50,7 @@ def run_config(run_dir: Path | None) -> dict:
         from omegaconf import OmegaConf
 
         return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    except Exception as error:   # a hand-edited or torn file must not stop the report
+    except Exception as error:  # a hand-edited or torn file must not stop the report
         log.warning("could not read %s/.hydra/config.yaml: %s", run_dir, error)
         return {}
 
@@ -59,7 +60,7 @@ def read_csv(path: Path | None) -> pd.DataFrame | None:
         return None
     try:
         return pd.read_csv(path)
-    except Exception as error:   # torn or hand-edited: reported, the report goes on
+    except Exception as error:  # torn or hand-edited: reported, the report goes on
         log.warning("could not read %s: %s", path, error)
         return None
 
@@ -113,8 +114,9 @@ def image_bases(folder: Path, bases: list[Path]) -> list[Path]:
     return [*roots, folder, *bases]
 
 
-def failure_images(predictions: pd.DataFrame, folder: Path, bases: list[Path],
-                   limit: int = 12) -> list[tuple[Any, dict]]:
+def failure_images(
+    predictions: pd.DataFrame, folder: Path, bases: list[Path], limit: int = 12
+) -> list[tuple[Any, dict]]:
     """(thumbnail, prediction row) of misclassified test images whose files still open, most
     confident mistakes first."""
     from PIL import Image
@@ -132,7 +134,7 @@ def failure_images(predictions: pd.DataFrame, folder: Path, bases: list[Path],
             with Image.open(file) as im:
                 image = im.convert("RGB")
                 image.thumbnail((224, 224))
-        except OSError:   # moved, deleted or not an image any more: skip it
+        except OSError:  # moved, deleted or not an image any more: skip it
             continue
         tiles.append((image, r))
         if len(tiles) == limit:
@@ -142,8 +144,8 @@ def failure_images(predictions: pd.DataFrame, folder: Path, bases: list[Path],
 
 # ---------------------------------------------------------------- choosing runs
 
-def choose_runs(frame: pd.DataFrame, specs: list[str] | None,
-                bases: list[Path]) -> tuple[list[dict], list[str]]:
+
+def choose_runs(frame: pd.DataFrame, specs: list[str] | None, bases: list[Path]) -> tuple[list[dict], list[str]]:
     """The runs whose curves are drawn: by run id (or prefix), paper configuration id, or run
     dir. Default: the paper's base run and the best run. Returns (runs, problems)."""
     counted = frame[frame["counted"]]
@@ -165,15 +167,14 @@ def _default_runs(counted: pd.DataFrame) -> tuple[list[dict], list[str]]:
     for label, row in (("base run", first_of(counted, base_id)), ("best run", best(counted))):
         if row is None:
             continue
-        if row["run_id"] in chosen:   # the base run may also be the best one
+        if row["run_id"] in chosen:  # the base run may also be the best one
             chosen[row["run_id"]]["label"] += f" = {label}"
         else:
             chosen[row["run_id"]] = {**row, "label": label}
     return list(chosen.values()), [] if chosen else ["no finished run to draw curves for"]
 
 
-def _find_run(frame: pd.DataFrame, counted: pd.DataFrame, spec: str,
-              bases: list[Path]) -> dict | None:
+def _find_run(frame: pd.DataFrame, counted: pd.DataFrame, spec: str, bases: list[Path]) -> dict | None:
     exact = frame[frame["run_id"] == spec]
     if len(exact):
         return exact.iloc[0].to_dict()

@@ -13,6 +13,7 @@ written (or merged from someone else), so they are escaped where they are writte
   blank line would end the paragraph inside a tabular).
 - Figures (`mpl_text`): `$` is escaped, so matplotlib never parses a name as math (and fails).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,7 @@ def one_line(value: Any) -> str:
 
 # ---------------------------------------------------------------- Markdown
 
-_MARKDOWN = {"\\": "\\\\", "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`",
-             "[": "\\[", "]": "\\]"}
+_MARKDOWN = {"\\": "\\\\", "&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]"}
 
 
 def md_text(value: Any) -> str:
@@ -100,11 +100,25 @@ def csv_frame(frame: Any) -> Any:
 
 # ---------------------------------------------------------------- LaTeX and figures
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          # < > | print as other glyphs in the default font encoding; a cell starting with [
-          # after a row's \\ would be read as its optional length
-          "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "[": "{[}", "]": "{]}"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    # < > | print as other glyphs in the default font encoding; a cell starting with [
+    # after a row's \\ would be read as its optional length
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "[": "{[}",
+    "]": "{]}",
+}
 
 
 def latex_text(value: Any) -> str:
