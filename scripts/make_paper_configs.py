@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT / "src"))  # works from a checkout without `pip inst
 
 from animalcls import paper  # noqa: E402
 
-
 COLUMN, OLD_COLUMN = "paper_config", "config_id"
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from animalcls import results
+
 from conftest import TINY, make_image_folder, tiny_train_args
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "animalcls"

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 from animalcls.data import PILBatches, cache_key, data_identity, decode_uint8, load_cache, scan
 from animalcls.errors import AnimalclsError, Interrupted
+
 from conftest import mounted_tmpfs as _tmpfs
 
 

@@ -20,10 +20,11 @@ import pandas as pd
 import pytest
 import torch
 
-from animalcls import resume, results
+from animalcls import results, resume
 from animalcls.atomic import torch_save_atomic
 from animalcls.errors import AnimalclsError
 from animalcls.record import COLUMNS
+
 from conftest import make_image_folder, mounted_tmpfs, remount, tiny_train_args
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from animalcls import results
+
 from conftest import make_image_folder, tiny_train_args
 
 
@@ -156,8 +157,9 @@ def test_predict_rejects_missing_and_non_images(tmp_path, trained, cli, capsys):
 
 
 def test_decompression_bomb_guard_stays_on():
-    import animalcls.data  # noqa: F401  (imports PIL the way the loaders do)
     from PIL import Image
+
+    import animalcls.data  # noqa: F401  (imports PIL the way the loaders do)
 
     assert Image.MAX_IMAGE_PIXELS is not None
 

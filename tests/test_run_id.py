@@ -14,6 +14,7 @@ import torch
 from animalcls import registry, results
 from animalcls.build import choose_precision
 from animalcls.record import Resolved, legacy_run_id, run_id
+
 from conftest import make_image_folder, tiny_train_args
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "animalcls"

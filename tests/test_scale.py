@@ -18,6 +18,7 @@ import yaml
 from animalcls import results
 from animalcls.data import TensorBatches
 from animalcls.distributed import Context, hydra_overrides_for_rank, with_rank_overrides
+
 from conftest import make_image_folder, run_cli, tiny_train_args
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from animalcls.augment import DeviceAugment
 from animalcls.data import TensorBatches, cache_key, decode_uint8, load_cache, pil_transform, scan
+
 from conftest import TINY, make_image_folder
 
 

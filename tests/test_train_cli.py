@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from animalcls import results
-from conftest import TINY, make_image_folder, tiny_train_args
+
+from conftest import make_image_folder, tiny_train_args
 
 
 def _table(cwd: Path) -> pd.DataFrame:

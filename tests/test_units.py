@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from animalcls.build import create_model
 from animalcls.data import split_indices, split_sizes
 from animalcls.errors import AnimalclsError
 from animalcls.metrics import TopKMeter, confusion_matrix, per_class_accuracy, topk_correct
-from animalcls.build import create_model
 from animalcls.models import BaseCNN
 from animalcls.profile import profile_model
 

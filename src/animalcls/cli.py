@@ -24,7 +24,8 @@ commands:
   bench     images/s of the engine vs the compute limit:     animalcls bench model=base data.root=...
   report    paper tables and figures from the results table: animalcls report [results=PATH|results=[a.csv,b.csv]]
             [out=DIR] [runs=[id,...]]
-  results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]  (rebuild it from the run dirs' record.json)
+  results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]
+            (rebuild it from the run dirs' record.json)
 
 Every command takes Hydra's override grammar (key=value, lists as [a,b], quotes for spaces).
 `animalcls train --help` lists the config groups and options; `animalcls train --cfg job` prints the

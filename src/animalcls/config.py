@@ -8,11 +8,11 @@ come from `animalcls.registry`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from animalcls.errors import AnimalclsError
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
@@ -24,7 +24,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 class ModelConfig:
     name: str = MISSING
     pretrained: bool = False
-    weights: Optional[str] = None  # a local torchvision state-dict file instead of the hub
+    weights: str | None = None  # a local torchvision state-dict file instead of the hub
     batch_norm: bool = False  # base CNN only
     dropout: float = 0.0  # base CNN only
 
@@ -48,15 +48,15 @@ class AugConfig:
     crop: int = 112
     hflip: float = 0.0
     rotation: float = 0.0
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
 class DataConfig:
     name: str = MISSING
     root: str = MISSING
-    split: List[float] = field(default_factory=lambda: [0.85, 0.05, 0.10])
+    split: list[float] = field(default_factory=lambda: [0.85, 0.05, 0.10])
     pipeline: str = "cached"
     cache_dir: str = "data/.cache"
     strict: bool = False
@@ -97,10 +97,10 @@ class Config:
     resume: str = "auto"
     force: bool = False
     results: str = "outputs/results.csv"
-    tags: List[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
     paper_config: str = ""
     ckpt: str = ""
-    images: List[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -138,7 +138,8 @@ def register_schema() -> None:
 def compose(overrides: list[str]) -> DictConfig:
     """The same config `train` would use, without Hydra's run dir and logging (eval, predict,
     profile, bench and the tests)."""
-    from hydra import compose as hydra_compose, initialize_config_module
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
 
     check_group_choices(overrides)
     register_schema()

@@ -12,8 +12,8 @@ import math
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ def train_step(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     settings: StepSettings,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward under autocast, backward, optimizer step; returns the logits and the loss."""
     with settings.autocast():
@@ -89,7 +89,7 @@ def train_one_epoch(
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     settings: StepSettings,
-    scaler: Optional[torch.amp.GradScaler] = None,
+    scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:

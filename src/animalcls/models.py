@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from animalcls.errors import AnimalclsError
 

@@ -24,8 +24,9 @@ import errno
 import io
 import logging
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 from filelock import FileLock
 

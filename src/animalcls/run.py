@@ -15,15 +15,16 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls import checkpoint, distributed, resume, results
+from animalcls import checkpoint, distributed, results, resume
 from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
 from animalcls.build import (

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
 import pandas as pd
 
 from animalcls import paper, record

@@ -5,8 +5,9 @@ Every cell that came from a results table is escaped for its format (see `report
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
