@@ -27,8 +27,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """`write(file)` into a temp file, then make it `path` in one rename."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """`write(file)` into a temp file (what it returns is ignored), then make it `path` in one rename."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -93,7 +93,9 @@ def model_from(checkpoint: dict[str, Any], path: str | Path) -> tuple[DictConfig
     cfg = config_of(checkpoint)
     classes = list(checkpoint["meta"]["classes"])
     # the weights come from the checkpoint: never fetch ImageNet weights to overwrite them
-    model = build_model(OmegaConf.merge(cfg, {"model": {"pretrained": False, "weights": None}}), len(classes))
+    # a DictConfig merged with a dict is a DictConfig (OmegaConf.merge is typed for lists too)
+    offline = cast(DictConfig, OmegaConf.merge(cfg, {"model": {"pretrained": False, "weights": None}}))
+    model = build_model(offline, len(classes))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:

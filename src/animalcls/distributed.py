@@ -22,11 +22,14 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from animalcls.errors import AnimalclsError
+
+if TYPE_CHECKING:
+    from animalcls.engine import EpochBatches
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +133,9 @@ class Context:
         (None on the other ranks). Shards may differ in length by one."""
         if not self.enabled:
             return tensor
-        parts: list[Any] = [None] * self.world_size if self.is_main else None
+        parts: list[Any] | None = [None] * self.world_size if self.is_main else None
         torch.distributed.gather_object(tensor.cpu(), parts, dst=0)
-        if not self.is_main:
+        if parts is None:  # not rank 0
             return None
         total = sum(p.shape[0] for p in parts)
         out = torch.empty((total, *parts[0].shape[1:]), dtype=parts[0].dtype)
@@ -161,7 +164,7 @@ class Context:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
-    def even_steps(self, batches, num_samples: int, per_rank_batch: int):
+    def even_steps(self, batches: EpochBatches, num_samples: int, per_rank_batch: int) -> EpochBatches:
         """Train batches cut to the step count every rank has, so DDP's gradient all-reduces pair
         up. Only when the last global batch holds fewer images than there are ranks does a rank
         have one step more; those < N images sit out that epoch (the next permutation differs)."""
@@ -176,7 +179,7 @@ class Context:
 class EvenSteps:
     """The first `steps` batches of a batch iterator (TensorBatches or PILBatches)."""
 
-    def __init__(self, batches, steps: int) -> None:
+    def __init__(self, batches: EpochBatches, steps: int) -> None:
         self.batches, self.steps = batches, steps
 
     def set_epoch(self, epoch: int) -> None:
@@ -185,7 +188,7 @@ class EvenSteps:
     def __len__(self) -> int:
         return self.steps
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step, batch in enumerate(self.batches):
             if step >= self.steps:
                 return

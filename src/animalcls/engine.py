@@ -12,8 +12,10 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, overload
 
 import torch
 from torch import nn
@@ -23,6 +25,24 @@ from animalcls.metrics import TopKMeter
 
 log = logging.getLogger(__name__)
 
+Augment = Callable[[torch.Tensor], torch.Tensor]  # uint8 images -> normalised model input
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # a meter's raw sums -> their sum over processes
+
+
+class Batches(Protocol):
+    """What the engine evaluates on: a sized iterable of (uint8 images, labels) batches
+    (data.TensorBatches, data.PILBatches and their wrappers)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class EpochBatches(Batches, Protocol):
+    """What the engine trains on: Batches whose order is reseeded per epoch."""
+
+    def set_epoch(self, epoch: int) -> None: ...
+
 
 @dataclass
 class StepSettings:
@@ -31,17 +51,17 @@ class StepSettings:
     stop: threading.Event = field(default_factory=threading.Event)
     progress: bool = True  # a tqdm bar when stderr is a terminal
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
 
-def _bar(batches, desc: str, enabled: bool):
+def _bar(batches: Batches, desc: str, enabled: bool) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
     from tqdm.auto import tqdm
 
-    return tqdm(
+    bar: Iterable[tuple[torch.Tensor, torch.Tensor]] = tqdm(
         batches,
         total=len(batches),
         desc=desc,
@@ -50,6 +70,7 @@ def _bar(batches, desc: str, enabled: bool):
         disable=None if enabled else True,
         dynamic_ncols=True,
     )
+    return bar
 
 
 def synchronize(device: torch.device) -> None:
@@ -84,15 +105,15 @@ def train_step(
 
 def train_one_epoch(
     model: nn.Module,
-    batches,
-    augment: Callable,
+    batches: Batches,
+    augment: Augment,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> dict:
+    reduce: Reduce | None = None,
+) -> dict[str, Any]:
     """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite.
 
     With `reduce` (DDP) the loss, top-1 and images/s are those of all processes together, so every
@@ -120,16 +141,40 @@ def train_one_epoch(
     }
 
 
+@overload
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    augment: Augment,
+    criterion: nn.Module,
+    settings: StepSettings,
+    keep_outputs: Literal[False] = False,
+    reduce: Reduce | None = None,
+) -> dict[str, float]: ...
+
+
+@overload
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    augment: Augment,
+    criterion: nn.Module,
+    settings: StepSettings,
+    keep_outputs: Literal[True],
+    reduce: Reduce | None = None,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]: ...
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
-    batches,
-    augment: Callable,
+    batches: Batches,
+    augment: Augment,
     criterion: nn.Module,
     settings: StepSettings,
     keep_outputs: bool = False,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-):
+    reduce: Reduce | None = None,
+) -> dict[str, float] | tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Loss and top-1/3/5 over the batches; optionally the logits and labels, for predictions.
 
     `reduce` sums the meter's raw counts across processes (DDP), so every rank reports the metrics
@@ -137,7 +182,8 @@ def evaluate(
     """
     model.eval()
     meter = TopKMeter()
-    outputs, targets = [], []
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
     for images, labels in _bar(batches, "eval", settings.progress):
         with settings.autocast():
             logits = model(augment(images)).float()
@@ -155,7 +201,7 @@ def evaluate(
 
 @dataclass
 class FitResult:
-    history: list[dict]
+    history: list[dict[str, Any]]
     status: str  # ok | diverged
     best_epoch: int
     best_val_top1: float
@@ -164,19 +210,19 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train_batches,
-    val_batches,
-    train_augment: Callable,
-    eval_augment: Callable,
+    train_batches: EpochBatches,
+    val_batches: Batches,
+    train_augment: Augment,
+    eval_augment: Augment,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     settings: StepSettings,
     epochs: int,
     start_epoch: int = 0,
-    history: Iterable[dict] = (),
+    history: Iterable[dict[str, Any]] = (),
     best_val_top1: float = -1.0,
-    on_epoch_end: Callable[[int, list[dict], bool], None] | None = None,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_epoch_end: Callable[[int, list[dict[str, Any]], bool], None] | None = None,
+    reduce: Reduce | None = None,
     eval_model: nn.Module | None = None,
 ) -> FitResult:
     """Train for `epochs` (continuing at `start_epoch`), validating after each epoch.
@@ -233,7 +279,7 @@ def fit(
     return FitResult(history, status, best_epoch, best_val_top1, sum(h["seconds"] for h in history))
 
 
-def _log_epoch(row: dict, epochs: int, history: list[dict]) -> None:
+def _log_epoch(row: dict[str, Any], epochs: int, history: list[dict[str, Any]]) -> None:
     mean_seconds = sum(h["seconds"] for h in history) / len(history)
     eta = mean_seconds * (epochs - row["epoch"])
     log.info(

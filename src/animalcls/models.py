@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,19 +56,20 @@ def _submodule_parent(model: nn.Module, dotted: str) -> tuple[nn.Module, str]:
     *parents, last = dotted.split(".")
     owner = model
     for part in parents:
-        owner = owner[int(part)] if part.isdigit() else getattr(owner, part)  # type: ignore[index]
+        # a numbered part indexes a container (torchvision's heads sit in Sequentials)
+        owner = cast(nn.Sequential, owner)[int(part)] if part.isdigit() else getattr(owner, part)
     return owner, last
 
 
 def replace_head(model: nn.Module, head: str, num_classes: int) -> nn.Module:
     """Swap the Linear layer at the dotted path `head` (e.g. `fc`, `classifier.3`) for a new one."""
     owner, last = _submodule_parent(model, head)
-    old = owner[int(last)] if last.isdigit() else getattr(owner, last)  # type: ignore[index]
+    old = cast(nn.Sequential, owner)[int(last)] if last.isdigit() else getattr(owner, last)
     if not isinstance(old, nn.Linear):
         raise TypeError(f"{head} of {type(model).__name__} is {type(old).__name__}, not a Linear head")
     new = nn.Linear(old.in_features, num_classes)
     if last.isdigit():
-        owner[int(last)] = new  # type: ignore[index]
+        cast(nn.Sequential, owner)[int(last)] = new
     else:
         setattr(owner, last, new)
     return model

@@ -16,7 +16,7 @@ import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
 
@@ -176,6 +176,12 @@ def has_base_options(model: Any) -> bool:
     return str(model) in MODELS and MODELS.get(str(model)).base_options
 
 
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as dicts. The columns here are named by strings; pandas-stubs types the keys as
+    Hashable."""
+    return cast(list[dict[str, Any]], frame.to_dict("records"))
+
+
 @functools.lru_cache(maxsize=1)
 def _load_cached() -> pd.DataFrame:
     import pandas as pd
@@ -186,7 +192,7 @@ def _load_cached() -> pd.DataFrame:
     frame["pretrained"] = frame["pretrained"].map(as_bool)
     frame["note"] = frame["note"].fillna("").astype(str)
     # recomputed, not trusted: the shipped column is checked against it by the tests
-    frame["paper_config"] = [paper_config_of(r) for r in frame[list(SETTINGS)].to_dict("records")]
+    frame["paper_config"] = [paper_config_of(r) for r in _records(frame[list(SETTINGS)])]
     return frame
 
 
@@ -310,7 +316,7 @@ def render_table_experiment(table: str) -> str:
 
 def render_config_files() -> dict[str, str]:
     """Every generated file, as {path relative to conf/: text}."""
-    files = {f"paper_config/{c['paper_config']}.yaml": render_paper_config(c) for c in configs().to_dict("records")}
+    files = {f"paper_config/{c['paper_config']}.yaml": render_paper_config(c) for c in _records(configs())}
     for table in tables():
         files[f"experiment/paper/{experiment_name(table)}.yaml"] = render_table_experiment(table)
     files["experiment/paper/all.yaml"] = _render_sweep(

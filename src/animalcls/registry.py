@@ -192,7 +192,11 @@ AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imag
 
 def display_name(kind: str, name: Any) -> str:
     """The display name of a registered choice, or the name itself (e.g. from an old table)."""
-    registry: Registry[Any] = {"model": MODELS, "optimizer": OPTIMIZERS, "loss": LOSSES, "augmentation": AUGMENTATIONS}[
-        kind
-    ]
+    registries: dict[str, Registry[Any]] = {
+        "model": MODELS,
+        "optimizer": OPTIMIZERS,
+        "loss": LOSSES,
+        "augmentation": AUGMENTATIONS,
+    }
+    registry = registries[kind]
     return registry.get(name).display if name in registry else str(name)

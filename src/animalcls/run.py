@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -42,7 +42,7 @@ from animalcls.build import (
 )
 from animalcls.config import validate
 from animalcls.data import data_identity, manifest
-from animalcls.engine import StepSettings, evaluate, fit
+from animalcls.engine import EpochBatches, StepSettings, evaluate, fit
 from animalcls.errors import AnimalclsError, Interrupted
 from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
 
@@ -336,20 +336,25 @@ def _train_and_test(
     device = ctx.device
     precision = choose_precision(cfg.amp, device, cfg.model.name)
     channels_last = choose_channels_last(cfg.channels_last)
-    model = model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    # torch's stubs list device and memory_format in separate overloads; Module.to takes both at once
+    model = model.to(  # type: ignore[call-overload]
+        device, memory_format=torch.channels_last if channels_last else torch.preserve_format
+    )
     optimizer = build_optimizer(cfg, model.parameters())
     criterion = build_criterion(cfg)
-    start_epoch, history, best = 0, [], -1.0
+    history: list[dict[str, Any]] = []
+    start_epoch, best = 0, -1.0
     if state is not None:
         start_epoch, history, best = _restore(model, optimizer, state, device, run_dir, ctx.is_main)
     progress["epochs_done"] = start_epoch
     if ctx.rank > 0:  # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
         torch.manual_seed(cfg.seed + 7919 * ctx.rank + start_epoch)
     trained = ctx.wrap(model)  # DDP across ranks; checkpoints save the unwrapped `model`
-    trained = torch.compile(trained) if cfg.compile else trained
+    # torch.compile of a Module is an OptimizedModule, a Module (its stubs only say Callable)
+    trained = cast(torch.nn.Module, torch.compile(trained)) if cfg.compile else trained
     settings = StepSettings(device, precision, stop, progress=ctx.is_main)
     shard = {"rank": ctx.rank, "world_size": ctx.world_size}
-    train = make_batches(cfg, prepared, "train", device, train=True, **shard)
+    train: EpochBatches = make_batches(cfg, prepared, "train", device, train=True, **shard)
     train = ctx.even_steps(train, len(prepared.split["train"]), cfg.batch_size // ctx.world_size)
     val = make_batches(cfg, prepared, "val", device, train=False, **shard)
     test = make_batches(cfg, prepared, "test", device, train=False, **shard)
@@ -400,9 +405,10 @@ def _train_and_test(
     test_metrics, logits, targets = evaluate(
         model, test, eval_aug, criterion, settings, keep_outputs=True, reduce=reduce
     )
-    logits, targets = ctx.gather_shards(logits), ctx.gather_shards(targets)  # None on ranks > 0
+    all_logits, all_targets = ctx.gather_shards(logits), ctx.gather_shards(targets)  # None on ranks > 0
     if ctx.is_main:
-        write_predictions(run_dir, prepared, logits, targets)
+        assert all_logits is not None and all_targets is not None  # rank 0 gathers every shard
+        write_predictions(run_dir, prepared, all_logits, all_targets)
     details = {
         "best_epoch": result.best_epoch,
         "test_loss": test_metrics["loss"],

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -278,8 +279,9 @@ def confusion(predictions: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 
 def top_confusions(matrix: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
-    pairs = [
-        (t, p, int(matrix.at[t, p])) for t in matrix.index for p in matrix.columns if t != p and matrix.at[t, p] > 0
-    ]
+    def count(t: Hashable, p: Hashable) -> float:
+        return cast(float, matrix.at[t, p])  # a number (pandas-stubs types .at as any scalar)
+
+    pairs = [(t, p, int(count(t, p))) for t in matrix.index for p in matrix.columns if t != p and count(t, p) > 0]
     pairs.sort(key=lambda x: -x[2])
     return pd.DataFrame(pairs[:limit], columns=["True class", "Predicted as", "Test images"])

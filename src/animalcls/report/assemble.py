@@ -77,7 +77,7 @@ def _per_run_figures(chosen: list[dict], problems: list[str], bases: list[Path],
         folder = rundirs.resolve_path(row.get("run_dir"), bases)
         history = rundirs.history_of(folder)
         heading = f"Training curves, {row['label']}: {run_title(row)}"
-        if history is None:
+        if history is None or folder is None:  # (no folder, no history)
             found.append(
                 (
                     heading,

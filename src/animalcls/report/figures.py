@@ -8,6 +8,7 @@ through `mpl_text`, so a `$` in a name is drawn, not parsed as math.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
     configs = paper.configs()
     # the registry's order, so a model keeps its colour whichever runs a report holds
     models = [m for m in MODELS.names() if m in set(configs["model"]) | set(groups.get("model", []))]
-    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
+    colors: dict[Hashable, Any] = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     fig, ax = plt.subplots(figsize=(9, 6))
+    model: Hashable  # a group key
     for model, points in configs.groupby("model"):
         ax.scatter(
             points["efficiency_g"],
@@ -116,7 +118,7 @@ def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
     ax.set_ylabel("test accuracy [%]")
     ax.set_title("Accuracy vs efficiency (paper Figure 3.1): paper vs reproduced")
     ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, models, colors, differs=(reproduced["diffs"] != "").any())
+    _legend(ax, models, colors, differs=bool((reproduced["diffs"] != "").any()))
     return _save(fig, path)
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -50,7 +50,8 @@ def run_config(run_dir: Path | None) -> dict:
     try:
         from omegaconf import OmegaConf
 
-        return OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+        # Hydra writes a mapping there (to_container is typed for lists and strings too)
+        return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml")))
     except Exception as error:  # a hand-edited or torn file must not stop the report
         log.warning("could not read %s/.hydra/config.yaml: %s", run_dir, error)
         return {}
@@ -103,7 +104,7 @@ def split_of(frame: pd.DataFrame, preferred: Path, bases: list[Path]) -> tuple[P
     """The first readable split.csv: the preferred run's, else any run's."""
     for folder in [preferred] + [resolve_path(d, bases) for d in frame["run_dir"]]:
         split = read_csv(folder / "split.csv") if folder else None
-        if split is not None and {"label", "split"} <= set(split.columns):
+        if folder is not None and split is not None and {"label", "split"} <= set(split.columns):
             return folder / "split.csv", split
     return None
 
@@ -152,7 +153,8 @@ def choose_runs(frame: pd.DataFrame, specs: list[str] | None, bases: list[Path])
     counted = frame[frame["counted"]]
     if specs is None:
         return _default_runs(counted)
-    chosen, problems = [], []
+    chosen: list[dict[str, Any]] = []
+    problems: list[str] = []
     for spec in specs:
         row = _find_run(frame, counted, spec, bases)
         if row is None:

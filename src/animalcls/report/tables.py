@@ -209,7 +209,7 @@ def _reproduced(rows: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def _table_display(rows: pd.DataFrame, table: str) -> pd.DataFrame:
     """The paper's table as strings: its own columns, then paper vs reproduced."""
-    shown = {"Exp.": rows["row"].astype(str)}
+    shown: dict[str, pd.Series[str] | list[str]] = {"Exp.": rows["row"].astype(str)}
     for column in paper.TABLE_COLUMNS[table]:
         shown[COLUMN_NAMES[column]] = [display(column, v) for v in rows[column]]
     reproduced, diff = _reproduced(rows)
