@@ -143,6 +143,7 @@ def test_a_run_dir_and_a_run_id_have_one_owner(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_two_identical_runs_started_together_train_once(tmp_path):
     root = make_image_folder(tmp_path / "images", per_class=20)
     args = [sys.executable, "-m", "animalcls", *tiny_train_args(root, "epochs=2")]
@@ -353,6 +354,7 @@ def test_a_weights_file_that_runs_code_is_refused_without_a_traceback(tmp_path, 
     _clean_failure(code, capsys, "refused to load model.weights")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_first_decode_is_a_clean_interrupted_run(tmp_path, signum):
     root = make_image_folder(tmp_path / "images", classes=3, per_class=150, size=160)

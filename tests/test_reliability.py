@@ -274,6 +274,7 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
     assert _final_metrics(interrupted) == expected
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
     args, expected = _uninterrupted(tmp_path, cli)
     killed = tmp_path / "killed"

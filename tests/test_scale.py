@@ -92,6 +92,7 @@ def test_only_nonzero_ranks_get_quiet_hydra_overrides_where_argparse_takes_them(
 # ---------------------------------------------------------------- torchrun, 2 processes
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_one_row_and_test_top1_equals_single_process_eval(tmp_path, capsys):
     # 32 images, split 17/6/9: the train set's last global batch of 8 holds 1 image (uneven steps),
     # the 9 test images split 5/4 over the ranks, eval batches of 2 give the ranks unequal counts.
@@ -138,6 +139,7 @@ def test_ddp_two_processes_one_row_and_test_top1_equals_single_process_eval(tmp_
 # ---------------------------------------------------------------- joblib: parallel sweep
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_two_jobs_in_parallel_into_one_table(tmp_path):
     make_image_folder(tmp_path / "images")
     _, *overrides = tiny_train_args(tmp_path / "images")
@@ -158,6 +160,7 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_into_one_table(tmp_path):
 # ---------------------------------------------------------------- Optuna search
 
 
+@pytest.mark.slow
 def test_optuna_search_records_every_trial_and_reuses_done_ones(tmp_path):
     make_image_folder(tmp_path / "images")
     search = [
