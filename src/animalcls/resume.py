@@ -1,6 +1,6 @@
 """Who owns a run, and where an unfinished one continues.
 
-- A run owns its run dir (`<run dir>/.owner.lock`) and its run id (`<results dir>/unfinished/<run
+- A run owns its run dir (`<run dir>/.owner.lock`) and its run id (`<results dir>/.locks/<run
   id>.lock`) while it runs: a second process with the same configuration skips it instead of
   training it twice or resuming from a checkpoint that is still being written.
 - An unfinished run leaves a pointer `<results dir>/unfinished/<run id>` (JSON: its run dir, run id,
@@ -37,8 +37,8 @@ class Claim:
     def __init__(self, results: str, run_id: str, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.dir_lock = FileLock(str(run_dir / ".owner.lock"), timeout=0)
-        folder = unfinished_dir(results)
-        self.id_lock = FileLock(str(folder / f"{run_id}.lock"), timeout=0)
+        # kept after release: deleting a lock file races with a process about to lock it
+        self.id_lock = FileLock(str(Path(results).parent / ".locks" / f"{run_id}.lock"), timeout=0)
 
     def take_run_dir(self) -> None:
         """Own the run dir, or fail: two runs never share one."""
@@ -134,7 +134,7 @@ def _changed_data_note(results: str, run_id: str, lineage: str, data_id: str) ->
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.suffix == ".lock" or path.name == run_id:
+        if path.name == run_id:
             continue
         other = read_pointer(path)
         if other is not None and other.lineage == lineage and other.data_id != data_id:
