@@ -17,10 +17,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from animalcls.augment import cache_decode_size
 from animalcls.config import DEVICE_PATTERN
 from animalcls.data import Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, scan, split_indices
+from animalcls.ema import ModelEma
+from animalcls.engine import Recipe
 from animalcls.errors import AnimalclsError
-from animalcls.registry import LOSSES, MODELS, OPTIMIZERS
+from animalcls.finetune import Freezer, parameter_groups
+from animalcls.mix import Mixer
+from animalcls.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+from animalcls.schedule import lr_factor, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +92,62 @@ def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
     )
 
 
-def build_optimizer(cfg: DictConfig, params: Any) -> torch.optim.Optimizer:
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameter groups (finetune.parameter_groups)."""
     spec = OPTIMIZERS.get(cfg.optim.name)
-    return spec.build(params, lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    optim = cfg.optim
+    groups = parameter_groups(
+        model,
+        MODELS.get(cfg.model.name).head,
+        cfg.lr,
+        optim.weight_decay,
+        cfg.finetune.head_lr_mult,
+        optim.decay_norm_bias,
+    )
+    return spec.build(
+        groups, lr=cfg.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=bool(optim.nesterov)
+    )
 
 
 def build_criterion(cfg: DictConfig) -> torch.nn.Module:
-    return LOSSES.get(cfg.loss.name).build()
+    criterion = LOSSES.get(cfg.loss.name).build()
+    mixing = cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0  # the mixer's soft targets are smoothed already
+    if cfg.loss.label_smoothing > 0 and not mixing:  # validated: cross entropy only
+        criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg.loss.label_smoothing))
+    return criterion
+
+
+def build_scheduler(
+    cfg: DictConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """A per-step schedule; None for the paper's constant lr without warm-up (nothing changes)."""
+    sched = cfg.sched
+    if sched.name == "constant" and warmup_steps(sched, steps_per_epoch) == 0:
+        return None
+    formula, total = SCHEDULES.get(sched.name).factor, cfg.epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(formula, step, total, steps_per_epoch, sched)
+    )
+
+
+def build_recipe(
+    cfg: DictConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int, num_classes: int
+) -> Recipe:
+    """Everything a recipe adds to the engine's loop; all off for the paper's recipe."""
+    mixer = Mixer(cfg.mix, num_classes, cfg.loss.label_smoothing)
+    freezer = Freezer(model, MODELS.get(cfg.model.name).head, cfg.finetune.freeze_epochs)
+    frozen = cfg.finetune.freeze_epochs > 0
+    return Recipe(
+        scheduler=build_scheduler(cfg, optimizer, steps_per_epoch),
+        ema=ModelEma(model, cfg.ema.decay, cfg.ema.warmup) if cfg.ema.decay > 0 else None,
+        mixer=mixer if mixer.enabled else None,
+        clip_grad_norm=float(cfg.optim.clip_grad_norm),
+        train_mode=freezer.train_mode if frozen else None,
+        on_epoch_start=freezer.on_epoch_start if frozen else None,
+        patience=int(cfg.early_stop.patience),
+        min_delta=float(cfg.early_stop.min_delta),
+        tta=bool(cfg.tta),
+    )
 
 
 # ---------------------------------------------------------------- data
@@ -124,7 +179,7 @@ def prepare_data(
     images: torch.Tensor | None
     if cfg.data.pipeline == "cached":
         images, skipped = load_cache(
-            data, cfg.aug.resize, cfg.aug.crop, cfg.data.cache_dir, cfg.workers, should_stop=should_stop
+            data, *cache_decode_size(cfg.aug), cfg.data.cache_dir, cfg.workers, should_stop=should_stop
         )
     else:
         images, skipped = None, find_unreadable(data, cfg.workers)

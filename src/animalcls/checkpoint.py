@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from animalcls.atomic import torch_save_atomic
 from animalcls.build import build_model
+from animalcls.config import Config
 from animalcls.errors import AnimalclsError
 
 FORMAT = 2
@@ -83,7 +84,9 @@ def migrate(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_of(checkpoint: dict[str, Any]) -> DictConfig:
-    cfg = OmegaConf.create(checkpoint["meta"]["config"])
+    """The checkpoint's resolved config on today's schema: keys added since it was written (a
+    recipe's, say) take their defaults, which are what that older run did."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), checkpoint["meta"]["config"])
     assert isinstance(cfg, DictConfig)
     return cfg
 

@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from animalcls.errors import AnimalclsError
-from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS
+from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -34,11 +34,65 @@ class OptimConfig:
     name: str = MISSING
     momentum: float = 0.0
     weight_decay: float = 0.0
+    nesterov: bool = False
+    decay_norm_bias: bool = False  # weight decay on biases and norm parameters too (off: timm's default)
+    clip_grad_norm: float = 0.0  # 0 = no clipping
 
 
 @dataclass
 class LossConfig:
     name: str = MISSING
+    label_smoothing: float = 0.0  # cross entropy only
+
+
+@dataclass
+class SchedConfig:
+    """The learning-rate schedule (animalcls.schedule); `constant` is the paper's."""
+
+    name: str = "constant"
+    warmup_epochs: float = 0.0
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # cosine: the final lr as a fraction of lr
+    step_epochs: int = 30  # step: decay every this many epochs
+    gamma: float = 0.1  # step: by this factor
+    pct_start: float = 0.3  # onecycle: the rising fraction of the run
+    div_factor: float = 25.0  # onecycle: start at lr / div_factor
+    final_div_factor: float = 10000.0  # onecycle: end at start / final_div_factor
+
+
+@dataclass
+class MixConfig:
+    """Mixup / CutMix per batch (animalcls.mix); both alphas 0 = off."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    prob: float = 1.0  # the chance that a batch is mixed
+    switch_prob: float = 0.5  # with both on: the chance of CutMix rather than Mixup
+
+
+@dataclass
+class EmaConfig:
+    decay: float = 0.0  # 0 = off; e.g. 0.999
+    warmup: bool = True  # min(decay, (1 + n) / (10 + n)) over the first updates
+
+
+@dataclass
+class FinetuneConfig:
+    freeze_epochs: int = 0  # train only the new head for the first N epochs (BN in eval mode)
+    head_lr_mult: float = 1.0  # the new head's lr = lr * head_lr_mult
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: int = 0  # 0 = off; stop after this many epochs without a better val top-1
+    min_delta: float = 0.0  # in percentage points
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | tensorboard | mlflow
+    tracking_uri: str = ""  # mlflow: "" = a local SQLite store beside the results table
+    experiment: str = "animalcls"
 
 
 @dataclass
@@ -50,6 +104,12 @@ class AugConfig:
     rotation: float = 0.0
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # beyond the paper (animalcls.augment), all off by default
+    cache_size: int = 0  # cache squares of this side, so a random crop has pixels around it
+    rrc_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # random-resized crop area
+    rrc_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333333])
+    color_jitter: float = 0.0
+    trivial_augment: bool = False
 
 
 @dataclass
@@ -102,9 +162,18 @@ class Config:
     ckpt: str = ""
     images: list[str] = field(default_factory=list)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    # beyond the paper: set together by `recipe=`
+    recipe: str = "paper"
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    tta: bool = False  # evaluate on the image and its mirror image (mean of the outputs)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-GROUPS = ("model", "optim", "loss", "aug", "data")
+GROUPS = ("model", "optim", "loss", "aug", "data", "sched", "recipe", "logger")
 
 
 def group_options(group: str) -> list[str]:
@@ -194,6 +263,68 @@ def _rules(cfg: DictConfig) -> list[tuple[bool, str]]:
     ]
 
 
+def _recipe_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
+    aug, mix, sched = cfg.aug, cfg.mix, cfg.sched
+    scale, ratio = list(aug.rrc_scale), list(aug.rrc_ratio)
+    return [
+        (cfg.optim.clip_grad_norm >= 0, f"optim.clip_grad_norm must be >= 0, 0 = off (got {cfg.optim.clip_grad_norm})"),
+        (
+            0.0 <= cfg.loss.label_smoothing < 1.0,
+            f"loss.label_smoothing must be in [0, 1) (got {cfg.loss.label_smoothing})",
+        ),
+        (
+            min(mix.mixup_alpha, mix.cutmix_alpha) >= 0 and 0 <= mix.prob <= 1 and 0 <= mix.switch_prob <= 1,
+            "mix.mixup_alpha and mix.cutmix_alpha must be >= 0 (0 = off), mix.prob and mix.switch_prob in [0, 1]",
+        ),
+        (
+            0.0 <= cfg.ema.decay < 1.0,
+            f"ema.decay must be in [0, 1), 0 = off; e.g. ema.decay=0.999 (got {cfg.ema.decay})",
+        ),
+        (cfg.finetune.freeze_epochs >= 0, f"finetune.freeze_epochs must be >= 0 (got {cfg.finetune.freeze_epochs})"),
+        (cfg.finetune.head_lr_mult > 0, f"finetune.head_lr_mult must be > 0 (got {cfg.finetune.head_lr_mult})"),
+        (cfg.early_stop.patience >= 0, f"early_stop.patience must be >= 0, 0 = off (got {cfg.early_stop.patience})"),
+        (
+            sched.warmup_epochs >= 0 and sched.warmup_steps >= 0 and 0 <= sched.min_lr_ratio <= 1,
+            "sched.warmup_epochs and sched.warmup_steps must be >= 0 and sched.min_lr_ratio in [0, 1]",
+        ),
+        (
+            sched.step_epochs >= 1 and 0 < sched.gamma <= 1 and 0 < sched.pct_start < 1,
+            "sched.step_epochs must be >= 1, sched.gamma in (0, 1], sched.pct_start in (0, 1)",
+        ),
+        (
+            aug.cache_size == 0 or aug.cache_size >= aug.crop,
+            f"aug.cache_size is 0 (off) or at least aug.crop={aug.crop} (got {aug.cache_size}); e.g. "
+            f"aug.cache_size={aug.resize}",
+        ),
+        (
+            len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1 and len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
+            f"aug.rrc_scale is [min, max] in (0, 1] and aug.rrc_ratio [min, max] > 0 (got {scale}, {ratio}); "
+            f"e.g. aug.rrc_scale=[0.35,1.0]",
+        ),
+        (0.0 <= aug.color_jitter <= 1.0, f"aug.color_jitter must be in [0, 1] (got {aug.color_jitter})"),
+    ]
+
+
+def _check_recipe_combinations(cfg: DictConfig) -> None:
+    mixing = cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0
+    if (mixing or cfg.loss.label_smoothing > 0) and cfg.loss.name != "cross_entropy":
+        raise AnimalclsError(
+            f"mixup, cutmix and label smoothing need soft targets, which loss={cfg.loss.name} does not take; "
+            f"use loss=cross_entropy or turn them off."
+        )
+    new_aug = cfg.aug.cache_size or list(cfg.aug.rrc_scale) != [1.0, 1.0] or cfg.aug.color_jitter
+    if cfg.data.pipeline == "pil" and (new_aug or cfg.aug.trivial_augment):
+        raise AnimalclsError(
+            "aug.cache_size, rrc_scale, color_jitter and trivial_augment run on the device after the "
+            "decode-once cache: use data.pipeline=cached with them."
+        )
+    if cfg.finetune.freeze_epochs and not cfg.model.pretrained:
+        raise AnimalclsError(
+            "finetune.freeze_epochs freezes a pretrained backbone, but model.pretrained=false: "
+            "set model.pretrained=true or finetune.freeze_epochs=0."
+        )
+
+
 def _check_model_options(cfg: DictConfig) -> None:
     spec = MODELS.get(cfg.model.name)
     if not spec.base_options and (cfg.model.batch_norm or cfg.model.dropout):
@@ -227,7 +358,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(str(cfg.resume).lower(), ("auto", "true", "false"), "resume")
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")
-    for ok, message in _rules(cfg):
+    _choice(cfg.sched.name, SCHEDULES.names(), "sched")
+    for ok, message in [*_rules(cfg), *_recipe_rules(cfg)]:
         if not ok:
             raise AnimalclsError(message)
     split = list(cfg.data.split)
@@ -237,3 +369,4 @@ def validate(cfg: DictConfig) -> None:
             f"(got {split}); e.g. data.split=[0.85,0.05,0.10]"
         )
     _check_model_options(cfg)
+    _check_recipe_combinations(cfg)

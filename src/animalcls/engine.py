@@ -79,28 +79,75 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Recipe:
+    """What a modern recipe adds around each training step; all off by default, which is the
+    paper's step exactly."""
+
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # stepped after every optimizer step
+    ema: Any = None  # animalcls.ema.ModelEma: updated after every optimizer step
+    mixer: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+    clip_grad_norm: float = 0.0  # 0 = off
+    train_mode: Callable[[nn.Module], None] | None = None  # model.train(), or keep a frozen BN in eval
+    on_epoch_start: Callable[[int], None] | None = None  # e.g. unfreeze the backbone
+    patience: int = 0  # early stopping: epochs without a better val top-1 (0 = off)
+    min_delta: float = 0.0  # percentage points that count as better
+    tta: bool = False  # evaluate on the image and its mirror image
+
+
 def train_step(
     model: nn.Module,
     inputs: torch.Tensor,
-    labels: torch.Tensor,
+    targets: torch.Tensor,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,
     settings: StepSettings,
     scaler: torch.amp.GradScaler | None = None,
+    clip_grad_norm: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward under autocast, backward, optimizer step; returns the logits and the loss."""
+    """Forward under autocast, backward, optimizer step; returns the logits and the loss.
+    `targets` are class indices, or soft targets (rows summing to one) under mixup."""
     with settings.autocast():
         logits = model(inputs)
-        loss = criterion(logits.float(), labels)
+        loss = criterion(logits.float(), targets)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
+        if clip_grad_norm > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
     else:
         loss.backward()
+        if clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
     return logits, loss
+
+
+def _recipe_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    scaler: torch.amp.GradScaler | None,
+    recipe: Recipe,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training step with the recipe's mixing, clipping, schedule and EMA. Returns the logits,
+    the loss and the labels its top-1 is counted against (under mixup: each image's dominant one)."""
+    targets = labels
+    if recipe.mixer is not None:
+        images, targets = recipe.mixer(images, labels)
+        labels = targets.argmax(dim=1)
+    logits, loss = train_step(model, images, targets, criterion, optimizer, settings, scaler, recipe.clip_grad_norm)
+    if recipe.scheduler is not None:
+        recipe.scheduler.step()
+    if recipe.ema is not None:
+        recipe.ema.update(model)
+    return logits, loss, labels
 
 
 def train_one_epoch(
@@ -113,20 +160,24 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "train",
     reduce: Reduce | None = None,
+    recipe: Recipe | None = None,
 ) -> dict[str, Any]:
     """One pass over the training batches. Returns loss, top-1, seconds, images/s, finite.
 
     With `reduce` (DDP) the loss, top-1 and images/s are those of all processes together, so every
     rank takes the same decision on a diverged run.
     """
-    model.train()
+    recipe = recipe or Recipe()
+    (recipe.train_mode or nn.Module.train)(model)
     meter = TopKMeter((1,))
     start = time.perf_counter()
     for images, labels in _bar(batches, desc, settings.progress):
         if settings.stop.is_set():
             raise Interrupted()
-        logits, loss = train_step(model, augment(images), labels, criterion, optimizer, settings, scaler)
-        meter.update(logits, labels, loss)
+        logits, loss, counted = _recipe_step(
+            model, augment(images), labels, criterion, optimizer, settings, scaler, recipe
+        )
+        meter.update(logits, counted, loss)
     synchronize(settings.device)
     if reduce is not None:
         meter.load_state(reduce(meter.state()))
@@ -150,6 +201,7 @@ def evaluate(
     settings: StepSettings,
     keep_outputs: Literal[False] = False,
     reduce: Reduce | None = None,
+    tta: bool = False,
 ) -> dict[str, float]: ...
 
 
@@ -162,6 +214,7 @@ def evaluate(
     settings: StepSettings,
     keep_outputs: Literal[True],
     reduce: Reduce | None = None,
+    tta: bool = False,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]: ...
 
 
@@ -174,19 +227,23 @@ def evaluate(
     settings: StepSettings,
     keep_outputs: bool = False,
     reduce: Reduce | None = None,
+    tta: bool = False,
 ) -> dict[str, float] | tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Loss and top-1/3/5 over the batches; optionally the logits and labels, for predictions.
 
     `reduce` sums the meter's raw counts across processes (DDP), so every rank reports the metrics
-    of the whole set.
+    of the whole set. `tta` averages the outputs for each image and its mirror image.
     """
     model.eval()
     meter = TopKMeter()
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     for images, labels in _bar(batches, "eval", settings.progress):
+        inputs = augment(images)
         with settings.autocast():
-            logits = model(augment(images)).float()
+            logits = model(inputs).float()
+            if tta:
+                logits = (logits + model(inputs.flip(3)).float()) / 2
         meter.update(logits, labels, criterion(logits, labels))
         if keep_outputs:
             outputs.append(logits.cpu())
@@ -206,6 +263,7 @@ class FitResult:
     best_epoch: int
     best_val_top1: float
     train_seconds: float
+    stopped_early: str = ""  # why training ended before `epochs` (early stopping), else ""
 
 
 def fit(
@@ -224,20 +282,25 @@ def fit(
     on_epoch_end: Callable[[int, list[dict[str, Any]], bool], None] | None = None,
     reduce: Reduce | None = None,
     eval_model: nn.Module | None = None,
+    recipe: Recipe | None = None,
 ) -> FitResult:
     """Train for `epochs` (continuing at `start_epoch`), validating after each epoch.
 
     `eval_model` validates instead of `model` (DDP: the unwrapped module, so that evaluation on
-    uneven shards runs no collective but `reduce`).
+    uneven shards runs no collective but `reduce`; with EMA: the averaged model).
 
     `on_epoch_end(epoch, history, is_best)` saves checkpoints and the history; a non-finite
-    training loss ends the run early as `diverged`.
+    training loss ends the run early as `diverged`; `recipe.patience` epochs without a better
+    val top-1 end it early as `ok` (`stopped_early` says why).
     """
     history = list(history)
+    recipe = recipe or Recipe()
     scaler = torch.amp.GradScaler(settings.device.type) if settings.precision == "fp16" else None
     best_epoch = max((h["epoch"] for h in history if h["val_top1"] == best_val_top1), default=0)
-    status = "ok"
+    status, stopped_early = "ok", ""
     for epoch in range(start_epoch + 1, epochs + 1):
+        if recipe.on_epoch_start is not None:
+            recipe.on_epoch_start(epoch)
         train_batches.set_epoch(epoch)
         stats = train_one_epoch(
             model,
@@ -249,10 +312,10 @@ def fit(
             scaler,
             desc=f"epoch {epoch}/{epochs}",
             reduce=reduce,
+            recipe=recipe,
         )
-        val = evaluate(
-            model if eval_model is None else eval_model, val_batches, eval_augment, criterion, settings, reduce=reduce
-        )
+        val_model = model if eval_model is None else eval_model
+        val = evaluate(val_model, val_batches, eval_augment, criterion, settings, reduce=reduce, tta=recipe.tta)
         row = {
             "epoch": epoch,
             "train_loss": stats["train_loss"],
@@ -266,7 +329,7 @@ def fit(
             "images_per_s": stats["images_per_s"],
         }
         history.append(row)
-        is_best = stats["finite"] and val["top1"] > best_val_top1
+        is_best = stats["finite"] and val["top1"] > best_val_top1 + (recipe.min_delta if best_epoch else 0.0)
         if is_best:
             best_val_top1, best_epoch = val["top1"], epoch
         _log_epoch(row, epochs, history)
@@ -276,7 +339,15 @@ def fit(
             log.warning("training loss is %s at epoch %d: the run diverged; stopping early", stats["train_loss"], epoch)
             status = "diverged"
             break
-    return FitResult(history, status, best_epoch, best_val_top1, sum(h["seconds"] for h in history))
+        if recipe.patience and epoch - best_epoch >= recipe.patience and epoch < epochs:
+            stopped_early = (
+                f"early stopping: no better val top-1 than {best_val_top1:.2f}% (epoch {best_epoch}) "
+                f"for {recipe.patience} epochs"
+            )
+            log.info("%s; stopping after epoch %d of %d", stopped_early, epoch, epochs)
+            break
+    seconds = sum(h["seconds"] for h in history)
+    return FitResult(history, status, best_epoch, best_val_top1, seconds, stopped_early)
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, history: list[dict[str, Any]]) -> None:

@@ -7,3 +7,7 @@ class AnimalclsError(Exception):
 
 class Interrupted(Exception):
     """A stop was requested (Ctrl-C, SIGTERM): raised where the work can stop cleanly."""
+
+
+class Pruned(Exception):
+    """A hyper-parameter search stopped this run after an epoch (its row says `pruned`)."""

@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from animalcls.atomic import write_text_atomic
+from animalcls.config import Config
 
 RECORD_VERSION = 2
 RECORD_FILE = "record.json"  # the run's record in its run dir: the truth the table indexes
@@ -78,6 +79,10 @@ COLUMNS = [
     "weights",
     "momentum",
     "weight_decay",
+    # beyond the paper (empty in older tables: the paper's recipe)
+    "recipe",
+    "recipe_settings",
+    "stopped_early",
 ]
 STATUSES = ("ok", "diverged", "failed", "interrupted", "pruned")
 # Columns read as text whatever they hold (a run id of digits only, a tag of "1.0").
@@ -97,6 +102,9 @@ TEXT_COLUMNS = (
     "git_commit",
     "device",
     "timestamp",
+    "recipe",
+    "recipe_settings",
+    "stopped_early",
 )
 
 
@@ -156,7 +164,49 @@ def measured_settings(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
         "pipeline": cfg.data.pipeline,
         "split": _floats(cfg.data.split),
         "data": resolved.data_id,
+        # only what differs from the paper's recipe, so every paper configuration keeps its id
+        **({"recipe": extras} if (extras := recipe_settings(cfg)) else {}),
     }
+
+
+def _recipe_values(cfg: DictConfig) -> dict[str, Any]:
+    """Every setting a recipe can change beyond the paper's, flattened ("sched.name": "cosine")."""
+    values: dict[str, Any] = {
+        "optim.nesterov": bool(cfg.optim.nesterov),
+        "optim.decay_norm_bias": bool(cfg.optim.decay_norm_bias),
+        "optim.clip_grad_norm": float(cfg.optim.clip_grad_norm),
+        "loss.label_smoothing": float(cfg.loss.label_smoothing),
+        "aug.cache_size": int(cfg.aug.cache_size),
+        "aug.rrc_scale": _floats(cfg.aug.rrc_scale),
+        "aug.rrc_ratio": _floats(cfg.aug.rrc_ratio),
+        "aug.color_jitter": float(cfg.aug.color_jitter),
+        "aug.trivial_augment": bool(cfg.aug.trivial_augment),
+        "tta": bool(cfg.tta),
+    }
+    for group in ("sched", "mix", "ema", "finetune", "early_stop"):
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        assert isinstance(node, dict)
+        values.update({f"{group}.{key!s}": value for key, value in node.items()})
+    return values
+
+
+def _paper_recipe_values() -> dict[str, Any]:
+    """The schema's defaults: the paper's recipe (conf/recipe/paper.yaml changes none of them)."""
+    global _PAPER_VALUES
+    if _PAPER_VALUES is None:
+        schema = OmegaConf.structured(Config)
+        assert isinstance(schema, DictConfig)
+        _PAPER_VALUES = _recipe_values(schema)
+    return _PAPER_VALUES
+
+
+_PAPER_VALUES: dict[str, Any] | None = None
+
+
+def recipe_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The recipe settings of this run that differ from the paper's (empty for a paper run)."""
+    paper = _paper_recipe_values()
+    return {key: value for key, value in _recipe_values(cfg).items() if value != paper.get(key)}
 
 
 def _digest(settings: Mapping[str, Any]) -> str:
@@ -229,7 +279,13 @@ def settings_row(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
         "precision": resolved.precision,
         "paper_config": cfg.paper_config,
         "tags": ";".join(cfg.tags),
+        "recipe": cfg.recipe,
+        "recipe_settings": ";".join(f"{k}={_plain(v)}" for k, v in recipe_settings(cfg).items()),
     }
+
+
+def _plain(value: Any) -> str:
+    return "[" + ",".join(f"{v:g}" for v in value) + "]" if isinstance(value, list) else str(value)
 
 
 def write_record(run_dir: Path, row: Mapping[str, Any]) -> Path:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from animalcls import schedule
 from animalcls.errors import AnimalclsError
 
 T = TypeVar("T")
@@ -67,6 +68,7 @@ class ModelSpec:
     cpu_bf16: bool = False  # amp=auto picks bf16 on a CPU with AMX for it
     has_imagenet_weights: bool = True  # model.pretrained / model.weights apply
     base_options: bool = False  # model.batch_norm / model.dropout apply
+    head: str = ""  # dotted path of the new classifier layer: fine-tuning's head (others: backbone)
 
 
 MODELS: Registry[ModelSpec] = Registry("model", "model")
@@ -85,7 +87,7 @@ def _torchvision(name: str, display: str, head: str, cpu_bf16: bool) -> ModelSpe
 
         return torchvision_with_head(name, head, num_classes, pretrained, weights)
 
-    return ModelSpec(name, display, build, default_aug="imagenet_224", cpu_bf16=cpu_bf16)
+    return ModelSpec(name, display, build, default_aug="imagenet_224", cpu_bf16=cpu_bf16, head=head)
 
 
 def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112, **_: object) -> Any:
@@ -99,7 +101,14 @@ def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, inpu
 # bench amp=bf16`) train steps took 7.5x longer for base and ~4.5x for mobilenet_v3_large.
 register_model(
     ModelSpec(
-        "base", "Base", _base, default_aug="default_112", cpu_bf16=True, has_imagenet_weights=False, base_options=True
+        "base",
+        "Base",
+        _base,
+        default_aug="default_112",
+        cpu_bf16=True,
+        has_imagenet_weights=False,
+        base_options=True,
+        head="fc1",
     )
 )
 register_model(_torchvision("resnet18", "ResNet18", "fc", cpu_bf16=True))
@@ -118,27 +127,35 @@ class OptimizerSpec:
     name: str
     display: str
     short: str  # in paper configuration ids: base-adam-lr1e-3-...
-    build: Callable[..., Any]  # (params, lr, momentum, weight_decay) -> Optimizer
+    build: Callable[..., Any]  # (params, lr, momentum, weight_decay, nesterov) -> Optimizer
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "optim")
 
 
-def _adam(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
+def _adam(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
     import torch
 
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def _sgd(params: Any, lr: float, momentum: float, weight_decay: float) -> Any:
+def _adamw(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
     import torch
 
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _sgd(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
+    import torch
+
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
 
 OPTIMIZERS.add("adam", OptimizerSpec("adam", "Adam", "adam", _adam))
 OPTIMIZERS.add("sgd", OptimizerSpec("sgd", "SGD", "sgd", _sgd))
 OPTIMIZERS.add("sgd_momentum", OptimizerSpec("sgd_momentum", "SGD + momentum (0.9)", "sgdm", _sgd))
+OPTIMIZERS.add("adamw", OptimizerSpec("adamw", "AdamW", "adamw", _adamw))
+OPTIMIZERS.add("sgd_nesterov", OptimizerSpec("sgd_nesterov", "SGD + Nesterov", "sgdn", _sgd))
 
 
 # ---------------------------------------------------------------- losses
@@ -188,6 +205,23 @@ AUGMENTATIONS: Registry[AugSpec] = Registry("augmentation", "aug")
 AUGMENTATIONS.add("default_112", AugSpec("default_112", "default", "default_112"))
 AUGMENTATIONS.add("rotation_112", AugSpec("rotation_112", "+ rotation", "rot"))
 AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imagenet_224"))
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    display: str
+    factor: schedule.Formula  # (step, total steps, steps per epoch, sched config) -> lr factor
+
+
+SCHEDULES: Registry[ScheduleSpec] = Registry("schedule", "sched")
+SCHEDULES.add("constant", ScheduleSpec("constant", "constant", schedule.constant))
+SCHEDULES.add("cosine", ScheduleSpec("cosine", "cosine", schedule.cosine))
+SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay))
+SCHEDULES.add("onecycle", ScheduleSpec("onecycle", "one cycle", schedule.onecycle))
 
 
 def display_name(kind: str, name: Any) -> str:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +32,7 @@ from animalcls.build import (
     build_criterion,
     build_model,
     build_optimizer,
+    build_recipe,
     choose_channels_last,
     choose_precision,
     make_batches,
@@ -42,8 +43,8 @@ from animalcls.build import (
 )
 from animalcls.config import validate
 from animalcls.data import data_identity, manifest
-from animalcls.engine import EpochBatches, StepSettings, evaluate, fit
-from animalcls.errors import AnimalclsError, Interrupted
+from animalcls.engine import EpochBatches, Recipe, StepSettings, evaluate, fit
+from animalcls.errors import AnimalclsError, Interrupted, Pruned
 from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,15 @@ def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+EpochHook = Callable[[int, dict[str, Any]], None]  # (epoch, its history row); may raise Pruned
+
+
+def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = None) -> dict[str, Any] | None:
     """Train, validate and test one configuration; returns its results row, the done row (with
     `skipped`) when it was done before, or None when another process is running it.
+
+    `epoch_hook(epoch, history_row)` runs after every epoch (a search reports the val top-1 there
+    and may raise `errors.Pruned`, which ends the run as `pruned`).
 
     Under torchrun every rank calls this; rank 0 decides and writes (see animalcls.distributed).
     """
@@ -193,7 +200,7 @@ def run_training(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
                     "skipping: run %s already has an ok row in %s (force=true re-runs it)", row["run_id"], cfg.results
                 )
                 return {**done, "skipped": True}
-            return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row)
+            return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row, epoch_hook)
         finally:
             claim.release()
 
@@ -206,6 +213,7 @@ def _run_claimed(
     data: Any,
     resolved: Resolved,
     row: dict[str, Any],
+    epoch_hook: EpochHook | None,
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
@@ -238,7 +246,14 @@ def _run_claimed(
             "data_id": resolved.data_id,
             "split_digest": digest,
         }
-        outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress)
+        outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress, epoch_hook)
+    except Pruned:
+        log.info("pruned after epoch %d by the search", progress["epochs_done"])
+        row.update(status="pruned", epochs_done=progress["epochs_done"])
+        if ctx.is_main:
+            record(cfg, run_dir, row)
+            resume.remove_pointer(cfg.results, row["run_id"])
+        return row
     except Interrupted:
         log.warning(
             "interrupted: the state of the last complete epoch is in %s; run the same command again to resume",
@@ -303,6 +318,7 @@ def _profile(model: torch.nn.Module, input_size: int) -> dict[str, float]:
 def _restore(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
     state: dict[str, Any],
     device: torch.device,
     run_dir: Path,
@@ -310,6 +326,10 @@ def _restore(
 ) -> tuple[int, list[dict[str, Any]], float]:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if recipe.scheduler is not None:
+        recipe.scheduler.load_state_dict(state["scheduler"])
+    if recipe.ema is not None:
+        recipe.ema.load_state_dict(state["ema"])
     torch.set_rng_state(state["rng_cpu"])
     if device.type == "cuda" and "rng_cuda" in state:
         torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -331,6 +351,7 @@ def _train_and_test(
     state: dict[str, Any] | None,
     meta: dict[str, Any],
     progress: dict[str, int],
+    epoch_hook: EpochHook | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns the row's outcome columns and the details metrics.json adds to them."""
     device = ctx.device
@@ -340,27 +361,30 @@ def _train_and_test(
     model = model.to(  # type: ignore[call-overload]
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     criterion = build_criterion(cfg)
+    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
+    train: EpochBatches = make_batches(cfg, prepared, "train", device, train=True, **shard)
+    train = ctx.even_steps(train, len(prepared.split["train"]), cfg.batch_size // ctx.world_size)
+    recipe = build_recipe(cfg, model, optimizer, len(train), len(prepared.data.classes))
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -1.0
     if state is not None:
-        start_epoch, history, best = _restore(model, optimizer, state, device, run_dir, ctx.is_main)
+        start_epoch, history, best = _restore(model, optimizer, recipe, state, device, run_dir, ctx.is_main)
     progress["epochs_done"] = start_epoch
+    weights = recipe.ema.module if recipe.ema is not None else model  # what is validated, kept and tested
     if ctx.rank > 0:  # own augmentation draws per rank; the weights come from rank 0 (DDP broadcast)
         torch.manual_seed(cfg.seed + 7919 * ctx.rank + start_epoch)
     trained = ctx.wrap(model)  # DDP across ranks; checkpoints save the unwrapped `model`
     # torch.compile of a Module is an OptimizedModule, a Module (its stubs only say Callable)
     trained = cast(torch.nn.Module, torch.compile(trained)) if cfg.compile else trained
     settings = StepSettings(device, precision, stop, progress=ctx.is_main)
-    shard = {"rank": ctx.rank, "world_size": ctx.world_size}
-    train: EpochBatches = make_batches(cfg, prepared, "train", device, train=True, **shard)
-    train = ctx.even_steps(train, len(prepared.split["train"]), cfg.batch_size // ctx.world_size)
     val = make_batches(cfg, prepared, "val", device, train=False, **shard)
     test = make_batches(cfg, prepared, "test", device, train=False, **shard)
     reduce = ctx.sum if ctx.enabled else None
-    train_aug = DeviceAugment(cfg.aug, train=cfg.data.pipeline == "cached", channels_last=channels_last)
-    eval_aug = DeviceAugment(cfg.aug, train=False, channels_last=channels_last)
+    cached = cfg.data.pipeline == "cached"  # the PIL pipeline's batches are augmented already
+    train_aug = DeviceAugment(cfg.aug, train=cached, channels_last=channels_last, cached=cached)
+    eval_aug = DeviceAugment(cfg.aug, train=False, channels_last=channels_last, cached=cached)
 
     def on_epoch_end(epoch: int, hist: list[dict[str, Any]], is_best: bool) -> None:
         best_val = max(h["val_top1"] for h in hist)
@@ -375,11 +399,17 @@ def _train_and_test(
         }
         if device.type == "cuda":
             last["rng_cuda"] = torch.cuda.get_rng_state(device)
+        if recipe.scheduler is not None:
+            last["scheduler"] = recipe.scheduler.state_dict()
+        if recipe.ema is not None:
+            last["ema"] = recipe.ema.state_dict()
         checkpoint.write(run_dir / "last.pt", last)
         if is_best:
-            checkpoint.write(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch, "meta": meta})
+            checkpoint.write(run_dir / "best.pt", {"model": weights.state_dict(), "epoch": epoch, "meta": meta})
         write_history(run_dir, hist)
         progress["epochs_done"] = epoch
+        if epoch_hook is not None:
+            epoch_hook(epoch, hist[-1])
 
     result = fit(
         trained,
@@ -396,14 +426,15 @@ def _train_and_test(
         best,
         on_epoch_end if ctx.is_main else None,
         reduce=reduce,
-        eval_model=model if ctx.enabled else None,
+        eval_model=weights if (ctx.enabled or recipe.ema is not None) else None,
+        recipe=recipe,
     )
     progress["epochs_done"] = len(result.history)
     if cfg.test_on == "best" and ctx.is_main and (run_dir / "best.pt").exists():
-        model.load_state_dict(checkpoint.read(run_dir / "best.pt")["model"])
-    ctx.broadcast_module(model)  # the other ranks test rank 0's weights too
+        weights.load_state_dict(checkpoint.read(run_dir / "best.pt")["model"])
+    ctx.broadcast_module(weights)  # the other ranks test rank 0's weights too
     test_metrics, logits, targets = evaluate(
-        model, test, eval_aug, criterion, settings, keep_outputs=True, reduce=reduce
+        weights, test, eval_aug, criterion, settings, keep_outputs=True, reduce=reduce, tta=recipe.tta
     )
     all_logits, all_targets = ctx.gather_shards(logits), ctx.gather_shards(targets)  # None on ranks > 0
     if ctx.is_main:
@@ -411,6 +442,7 @@ def _train_and_test(
         write_predictions(run_dir, prepared, all_logits, all_targets)
     details = {
         "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
         "test_loss": test_metrics["loss"],
         "classes": prepared.data.classes,
         "skipped": [list(s) for s in prepared.skipped],

@@ -109,7 +109,7 @@ def _fresh_model(cfg: DictConfig, num_classes: int, device: torch.device, channe
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, model)
     trained = torch.compile(model) if cfg.compile else model
     return trained, optimizer, build_criterion(cfg)
 
@@ -174,7 +174,8 @@ def measure_training(
     start = time.perf_counter()
     batches = make_batches(cfg, prepared, "train", device, train=True)
     batches_seconds = time.perf_counter() - start
-    augment = DeviceAugment(cfg.aug, train=cfg.data.pipeline == "cached", channels_last=channels_last)
+    cached = cfg.data.pipeline == "cached"  # the PIL pipeline's batches are augmented already
+    augment = DeviceAugment(cfg.aug, train=cached, channels_last=channels_last, cached=cached)
     warm = Capped(batches, cfg.bench.warmup, first_epoch=1)
     syncs = None
     if device.type == "cuda" and cfg.bench.warmup > 0:
@@ -204,7 +205,7 @@ def measure_eval(
     model, _, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
     settings = StepSettings(device, precision, progress=False)
     batches = make_batches(cfg, prepared, "test", device, train=False)
-    augment = DeviceAugment(cfg.aug, train=False, channels_last=channels_last)
+    augment = DeviceAugment(cfg.aug, train=False, channels_last=channels_last, cached=cfg.data.pipeline == "cached")
     evaluate(model, Capped(batches, max(1, cfg.bench.warmup)), augment, criterion, settings)
     timed = Capped(batches, cfg.bench.eval_batches)
     synchronize(device)

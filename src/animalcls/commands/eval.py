@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from animalcls import checkpoint
-from animalcls.augment import DeviceAugment
+from animalcls.augment import DeviceAugment, cache_decode_size
 from animalcls.build import (
     Prepared,
     build_criterion,
@@ -70,7 +70,8 @@ def test_split(cfg: DictConfig, split_file: Path, classes: list[str]) -> Prepare
             f"{len(missing)} test image(s) are missing under {root} (e.g. {missing[0]}); "
             f"pass data.root=... where the data set lives now."
         )
-    images, bad = load_cache(data, cfg.aug.resize, cfg.aug.crop, cfg.data.cache_dir, cfg.workers)
+    # the run's own view: a recipe's larger cached squares give the same centre view as its test
+    images, bad = load_cache(data, *cache_decode_size(cfg.aug), cfg.data.cache_dir, cfg.workers)
     for path, why in bad:
         log.warning("skipping unreadable test image %s: %s", path, why)
     unreadable = {p for p, _ in bad}
