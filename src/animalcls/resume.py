@@ -134,7 +134,7 @@ def _changed_data_note(results: str, run_id: str, lineage: str, data_id: str) ->
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.name == run_id:
+        if path.name == run_id or path.suffix == ".lock":  # lock files of an earlier 0.2 build lived here
             continue
         other = read_pointer(path)
         if other is not None and other.lineage == lineage and other.data_id != data_id:
