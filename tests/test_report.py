@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from animalcls import paper, record, report
+from animalcls.registry import display_name
+from animalcls.report import beyond
 from animalcls.results import append_row, load
 
 CLASSES = ["canis-lupus", "felis-catus", "vulpes-vulpes"]
@@ -520,3 +522,179 @@ def test_latex_tables_escape_what_runs_recorded(hostile):
     assert "\n\n" not in tex.split(r"\end{tabular}")[0]  # no paragraph break in a row
     note = [line for line in tex.splitlines() if line.startswith("0 &")][0]
     assert note.count(" & ") == len(paper.TABLE_COLUMNS["2.1.1"]) + 9  # columns stay columns
+
+
+# ---------------------------------------------------------------- beyond the paper
+
+E20 = "base-adam-lr1e-3-bs16-e20-ce"
+SCRATCH = dict(
+    optimizer="adamw",
+    batch_size=32,
+    recipe="scratch",
+    recipe_settings="sched.name=cosine;loss.label_smoothing=0.1",
+    tagged=False,
+)
+
+
+def recipe_rows() -> list[dict]:
+    """Base CNN on animals: two paper-recipe groups (10 and 20 epochs), four scratch groups (15,
+    30 and 60 epochs, two at 30), a diverged and a failed run; the scratch recipe on another data
+    set; a model the paper has no number for; MobileNetV3-large with the paper's recipe and a
+    fine-tuning recipe."""
+    demo = {**V2, "data": "demo", "data_id": "d2"}
+    return [
+        row("p0", BASE, 0, top1=30.0, **V2, repeat_id="p10"),
+        row("p1", BASE, 1, top1=34.0, **V2, repeat_id="p10"),
+        row("q0", E20, 0, top1=40.0, **V2, repeat_id="p20"),
+        row("q1", E20, 1, top1=44.0, **V2, repeat_id="p20"),
+        row("x0", BASE, 0, status="diverged", top1=2.0, **V2, repeat_id="s60", epochs=60, **SCRATCH),
+        row("s0", BASE, 0, top1=50.0, **V2, repeat_id="s15", epochs=15, **SCRATCH),
+        row("s1", BASE, 1, top1=52.0, **V2, repeat_id="s15", epochs=15, **SCRATCH),
+        row("s2", BASE, 2, top1=54.0, **V2, repeat_id="s15", epochs=15, **SCRATCH),
+        row("t0", BASE, 0, top1=60.0, **V2, repeat_id="s30", epochs=30, **SCRATCH),
+        row("t1", BASE, 1, top1=64.0, **V2, repeat_id="s30", epochs=30, **SCRATCH),
+        row("t2", BASE, 2, status="failed", **V2, repeat_id="s30", epochs=30, **SCRATCH),
+        row("u0", BASE, 0, top1=58.0, **V2, repeat_id="s30b", epochs=30, **{**SCRATCH, "lr": 0.002}),
+        row("d0", BASE, 0, top1=99.0, **demo, repeat_id="sd", epochs=30, **{**SCRATCH, "recipe_settings": "a|b<b>"}),
+        row("n0", BASE, 0, top1=80.0, **V2, repeat_id="ms", model="mobilenet_v3_small", tagged=False),
+        row("m0", BEST, 0, top1=97.0, **V2, repeat_id="m"),
+        row("f0", BEST, 0, top1=98.5, **V2, repeat_id="mf", recipe="finetune", recipe_settings="ema.decay=0.999"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def recipes(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("recipes")
+    table = tmp / "results.csv"
+    for values in recipe_rows():
+        append_row(table, {k: v for k, v in values.items() if k in record.COLUMNS})
+    report.run_report([str(table)], str(tmp / "report"))
+    return tmp / "report"
+
+
+def beyond_csv(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "tables" / "beyond_the_paper.csv", dtype={"data_id": str, "split": str})
+
+
+def test_beyond_picks_the_best_paper_recipe_and_recipe_groups(recipes):
+    table = beyond_csv(recipes).set_index(["model", "data"])
+    base = table.loc[("base", "animals")]
+    assert base["model_name"] == display_name("model", "base") and base["paper_best_pct"] == pytest.approx(53.23)
+    # the best paper-recipe group is the 20-epoch one (42), not the 10-epoch one (32)
+    assert (base["paper_recipe_top1_mean"], base["paper_recipe_n"], base["paper_recipe_epochs"]) == (42.0, 2, 20)
+    assert base["paper_recipe_top1_std"] == pytest.approx(math.sqrt(8.0))  # two seeds, ddof=1
+    assert base["paper_recipe_config"] == E20
+    # the failed run of the 30-epoch scratch group is counted, never averaged
+    assert (base["recipe"], base["recipe_n"], base["recipe_epochs"]) == ("scratch", 2, 30)
+    assert base["recipe_top1_mean"] == pytest.approx(62.0) and base["recipe_top1_std"] == pytest.approx(math.sqrt(8.0))
+    assert base["recipe_settings"] == SCRATCH["recipe_settings"]
+    assert base["diff_pp"] == pytest.approx(20.0)
+    assert "epochs differ: paper recipe 20, recipe 30" in base["note"]
+    assert "recipe: best of 4 groups" in base["note"] and "paper recipe: best of 2 groups" in base["note"]
+    best = table.loc[("mobilenet_v3_large", "animals")]
+    assert (best["recipe"], best["recipe_top1_mean"], best["paper_recipe_top1_mean"]) == ("finetune", 98.5, 97.0)
+    assert best["diff_pp"] == pytest.approx(1.5) and "epochs differ" not in str(best["note"])
+    small = table.loc[("mobilenet_v3_small", "animals")]
+    assert math.isnan(small["paper_best_pct"]) and math.isnan(small["recipe_top1_mean"])
+    md = (recipes / "tables" / "beyond_the_paper.md").read_text()
+    name = display_name("model", "mobilenet_v3_small")
+    small_line = [line for line in md.splitlines() if line.startswith(f"| {name} |")][0]
+    assert "| — |" in small_line and "missing" in small_line and "80.00" in small_line
+    assert "42.00 ± 2.83" in md and "62.00 ± 2.83" in md and "+20.00" in md
+
+
+def test_beyond_never_compares_rows_of_another_data_set(recipes):
+    table = beyond_csv(recipes).set_index(["model", "data"])
+    demo = table.loc[("base", "demo")]
+    assert demo["recipe_top1_mean"] == 99.0 and demo["recipe_n"] == 1
+    assert math.isnan(demo["paper_recipe_top1_mean"]) and math.isnan(demo["diff_pp"])  # no paper run on demo
+    assert "on its animals data" in demo["note"]
+    assert table.loc[("base", "animals"), "recipe_top1_mean"] == pytest.approx(62.0)  # 99 stays on demo
+    md = (recipes / "tables" / "beyond_the_paper.md").read_text()
+    assert "<b>" not in md and "a\\|b&lt;b&gt;" in md  # recipe settings escaped as all table text
+    report_md = (recipes / "report.md").read_text()
+    assert "## Beyond the paper" in report_md and "tables/beyond_the_paper.csv" in report_md
+
+
+def test_beyond_groups_are_the_seed_repeat_groups():
+    prepared = report.prepare(pd.DataFrame(recipe_rows()))
+    table = beyond.beyond_table(report.aggregate(prepared)).set_index(["model", "data"])
+    assert len(table) == 4 and table.loc[("base", "animals"), "recipe_top1_mean"] == pytest.approx(62.0)
+    # without repeat_ids the recipe still keeps groups apart (settings alone would pool p0 and a
+    # scratch run that changed only recipe settings)
+    legacy = [
+        {k: v for k, v in r.items() if k not in ("repeat_id", "record_version")}
+        for r in [
+            row("a", BASE, 0, top1=30.0),
+            row("b", BASE, 1, top1=40.0, recipe="paper", recipe_settings="loss.label_smoothing=0.1"),
+        ]
+    ]
+    groups = report.aggregate(report.prepare(pd.DataFrame(legacy)))
+    assert len(groups) == 2 and list(groups["n"]) == [1, 1]
+    only = beyond.beyond_table(groups).iloc[0]
+    assert (only["paper_recipe_top1_mean"], only["recipe"], only["recipe_top1_mean"]) == (30.0, "paper+changes", 40.0)
+
+
+def test_epoch_budget_csv_has_one_point_per_recipe_and_budget(recipes):
+    points = pd.read_csv(recipes / "tables" / "epoch_budget.csv")
+    assert list(points.columns[:5]) == ["recipe", "epochs", "n", "mean", "std"]
+    got = {(r["recipe"], r["epochs"]): (r["n"], r["mean"]) for r in points.to_dict("records")}
+    # ok runs of the base CNN on animals (the data set with the most): the diverged run (60
+    # epochs) and the demo run are not in it; at 30 epochs the better of two scratch groups
+    assert got == {
+        ("paper", 10): (2, 32.0),
+        ("paper", 20): (2, 42.0),
+        ("scratch", 15): (3, 52.0),
+        ("scratch", 30): (2, 62.0),
+    }
+    assert set(points["data"]) == {"animals"} and set(points["model"]) == {"base"}
+    assert points.set_index(["recipe", "epochs"]).loc[("scratch", 15), "std"] == pytest.approx(2.0)
+    assert points.set_index(["recipe", "epochs"]).loc[("scratch", 30), "groups"] == 2
+    assert (recipes / "figures" / "epoch_budget.png").stat().st_size > 1000
+    text = (recipes / "report.md").read_text()
+    assert "figures/epoch_budget.png" in text and "Only one epoch budget" not in text
+
+
+def test_an_old_table_reports_paper_recipe_rows_only(tmp_path):
+    table = tmp_path / "old.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, OLD_HEADER, extrasaction="ignore")
+        writer.writeheader()
+        for values in [
+            row("0a1b2c3d4e5f", BASE, 0, top1=30.0, precision="fp32"),
+            row("0a1b2c3d4e60", BASE, 1, top1=34.0, precision="fp32"),
+            row("0a1b2c3d4e61", BEST, 0, top1=90.0, precision="bf16"),
+        ]:
+            writer.writerow(values)
+    out = tmp_path / "report"
+    text = report.run_report([str(table)], str(out)).read_text()
+    table_ = beyond_csv(out).set_index("model")
+    assert list(table_.index) == ["base", "mobilenet_v3_large"]
+    assert table_.loc["base", "paper_recipe_top1_mean"] == pytest.approx(32.0)
+    assert table_.loc["base", "paper_recipe_n"] == 2 and table_.loc["base", "paper_recipe_epochs"] == 10
+    assert table_["recipe"].isna().all() and table_["recipe_top1_mean"].isna().all() and (table_["recipe_n"] == 0).all()
+    points = pd.read_csv(out / "tables" / "epoch_budget.csv")
+    assert points[["recipe", "epochs", "n"]].values.tolist() == [["paper", 10, 2]]
+    assert "Only one epoch budget (10)" in text and (out / "figures" / "epoch_budget.png").is_file()
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["recipe"]) == {"paper"}
+
+
+def test_paper_tables_prefer_the_paper_recipe(tmp_path):
+    table = tmp_path / "results.csv"
+    for values in [
+        row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"),
+        row("b", BASE, 1, top1=60.0, **V2, repeat_id="r2", recipe="paper", recipe_settings="sched.name=cosine"),
+        row("c", BASE, 2, top1=61.0, **V2, repeat_id="r3", recipe="paper", recipe_settings="sched.name=cosine"),
+    ]:
+        append_row(table, {k: v for k, v in values.items() if k in record.COLUMNS})
+    report.run_report([str(table)], str(tmp_path / "report"))
+    t211 = table_csv(tmp_path / "report", "2.1.1").set_index("row")
+    assert t211.loc[0, "n"] == 1 and t211.loc[0, "reproduced_top1_mean"] == pytest.approx(30.0)
+
+
+def test_no_runs_no_beyond_rows_and_no_epoch_budget_figure(tmp_path):
+    out = tmp_path / "report"
+    text = report.run_report([str(tmp_path / "nothing.csv")], str(out)).read_text()
+    assert beyond_csv(out).empty and pd.read_csv(out / "tables" / "epoch_budget.csv").empty
+    assert not (out / "figures" / "epoch_budget.png").exists() and "no epoch-budget figure" in text

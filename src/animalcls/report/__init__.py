@@ -5,6 +5,7 @@ One job per module, data flowing one way:
     text.py       values as text: escaping for Markdown, CSV, LaTeX and figure labels
     aggregate.py  results rows -> one row per run -> groups of true repeats (pure, data frames)
     tables.py     paper vs reproduced tables and the list of runs, as Markdown, CSV and LaTeX
+    beyond.py     beyond the paper: recipes vs the paper's recipe, test top-1 per epoch budget
     rundirs.py    finding run directories and reading their files
     figures.py    data frames in, PNG paths out (matplotlib imported on first use)
     assemble.py   run_report: the whole report and its index, report.md

@@ -7,9 +7,12 @@ Names used throughout the report:
   `paper_config` when a sweep row was run with overrides such as `epochs=1`);
 - `repeat_key`: runs with one paper_config and one repeat_key differ by seed alone and are
   averaged. It is the recorded `repeat_id` (a hash of everything the run measures except the
-  seed: precision, split, data identity, ...); rows from before record_version 2 have none and
-  fall back to ran_as + data + precision + split, so bf16 and fp32 runs, or two different test
-  sets, are never pooled.
+  seed: precision, split, data identity, recipe settings, ...); rows from before record_version 2
+  have none and fall back to ran_as + data + precision + split (+ recipe and recipe_settings when
+  they are not the paper's), so bf16 and fp32 runs, two different test sets or two recipes are
+  never pooled.
+- `recipe`: the training recipe ("paper", "scratch", "finetune"); empty in tables written before
+  recipes existed, which read as "paper". `recipe_settings` lists what differs from the paper's.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ BOOLEANS = ("pretrained", "batch_norm")
 TEXT = (*record.TEXT_COLUMNS, *CHOICES)
 NUMERIC = tuple(c for c in record.COLUMNS if c not in TEXT and c not in BOOLEANS)
 GROUP_KEYS = ["paper_config", "repeat_key"]
+PAPER_RECIPE = "paper"  # the `recipe` of the paper's procedures (and of rows from before recipes)
 SETTINGS_SHOWN = (
     "model",
     "optimizer",
@@ -49,14 +53,18 @@ AGGREGATE_COLUMNS = [
     *GROUP_KEYS,
     "ran_as",
     "data_name",
+    "data_id",
     "precision",
     "split",
+    "recipe",
+    "recipe_settings",
     *SETTINGS_SHOWN,
     "n",
     "n_runs",
     "n_ok",
     "n_diverged",
     "n_failed",
+    "n_stopped_early",
     "seeds",
     "diffs",
     "run_ids",
@@ -153,7 +161,9 @@ def repeat_key(row: dict) -> str:
     """What a run shares with its true repeats (see the module docstring)."""
     if row["repeat_id"]:
         return row["repeat_id"]
-    legacy = (row["ran_as"], row["data_name"], row["data_id"], row["precision"], row["split"])
+    legacy: tuple[str, ...] = (row["ran_as"], row["data_name"], row["data_id"], row["precision"], row["split"])
+    if row["recipe"] != PAPER_RECIPE or row["recipe_settings"]:  # the paper's recipe keeps its old key
+        legacy += (row["recipe"], row["recipe_settings"])
     return "legacy:" + json.dumps(legacy)
 
 
@@ -162,9 +172,11 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
 
     Adds `data_name`, `ran_as`, `paper_config` (the recorded one, else `ran_as`), `repeat_key`,
     `diffs` (settings that differ from that paper configuration) and `counted` (whether its
-    accuracy is averaged).
+    accuracy is averaged). An empty `recipe` (a table written before recipes existed) reads as
+    the paper's recipe.
     """
     frame = dedupe(_types(frame))
+    frame["recipe"] = frame["recipe"].where(frame["recipe"] != "", PAPER_RECIPE)
     frame["data_name"] = [data_name(d, v) for d, v in zip(frame["data"], frame["record_version"])]
     frame["ran_as"] = [ran_as(r) for r in frame.to_dict("records")]
     frame["paper_config"] = frame["paper_config"].where(frame["paper_config"] != "", frame["ran_as"])
@@ -215,13 +227,15 @@ def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
     status = group["status"]
     first = group.iloc[0]
     row = dict(zip(GROUP_KEYS, keys))
-    row.update({k: first[k] for k in ("ran_as", "data_name", "precision", "split", *SETTINGS_SHOWN)})
+    shown = ("ran_as", "data_name", "data_id", "precision", "split", "recipe", "recipe_settings", *SETTINGS_SHOWN)
+    row.update({k: first[k] for k in shown})
     row.update(
         n=len(counted),
         n_runs=len(group),
         n_ok=int((status == "ok").sum()),
         n_diverged=int((status == "diverged").sum()),
         n_failed=int(status.isin(["failed", "interrupted"]).sum()),
+        n_stopped_early=int((counted["stopped_early"] != "").sum()),
         seeds=",".join(plain(s) for s in sorted(counted["seed"].dropna().unique())),
         diffs=first["diffs"],
         run_ids=";".join(group["run_id"]),

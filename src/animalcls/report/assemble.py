@@ -6,8 +6,11 @@ Reads one or more results tables (never trains, needs no GPU) and writes under `
     paper_comparison.csv         every paper row (67) with its reproduced numbers
     tables/table_2_1_1.{md,csv,tex} ...   one per paper table, the paper's columns
     runs.csv, runs.md            every run: settings, top-1/3/5, GFLOPs, GMACs, params, time, status
+    tables/beyond_the_paper.{md,csv}   per model and data set: the paper's best, the paper's
+                                 recipe here, the best other recipe and the difference
+    tables/epoch_budget.csv      the base CNN's test top-1 per recipe and epoch budget
     figures/*.png                accuracy-efficiency, curves, failure cases, class distribution,
-                                 per-class accuracy, confusion matrix
+                                 per-class accuracy, confusion matrix, epoch budget
 
 Rules (also stated in report.md):
 - Runs are matched to paper rows by `paper_config`; a run without one is matched by its settings.
@@ -19,6 +22,9 @@ Rules (also stated in report.md):
   accuracy (a diverged configuration really does score near chance, which is what the paper's
   1.56 % / 2.76 % rows look like); `failed` and `interrupted` runs are counted, never averaged.
 - A paper row with no averaged run shows "missing" (empty numbers in CSV), never 0.
+- Runs of a table written before recipes existed count as the paper's recipe; the paper's tables
+  prefer groups trained with the paper's recipe. "Beyond the paper" compares recipes on one data
+  set (see `report.beyond`).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import pandas as pd
 
 from animalcls import paper, record
 from animalcls import results as results_table
-from animalcls.report import figures, rundirs
+from animalcls.registry import display_name
+from animalcls.report import beyond, figures, rundirs
 from animalcls.report.aggregate import GROUP_KEYS, aggregate, confusion, per_class_accuracy, prepare, top_confusions
 from animalcls.report.tables import MISSING, comparison, markdown_table, write_csv, write_paper_tables, write_runs
 from animalcls.report.text import is_blank, md_code, md_text, plain
@@ -282,7 +289,14 @@ def _paper_tables_section(inline: dict[str, str]) -> list[str]:
     return lines
 
 
-FIGURES = ("accuracy_efficiency", "failure_cases", "per_class_accuracy", "confusion_matrix", "class_distribution")
+FIGURES = (
+    "accuracy_efficiency",
+    "failure_cases",
+    "per_class_accuracy",
+    "confusion_matrix",
+    "class_distribution",
+    "epoch_budget",
+)
 
 
 def _clear_previous(out: Path) -> None:
@@ -293,6 +307,94 @@ def _clear_previous(out: Path) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     (out / "per_class_accuracy.csv").unlink(missing_ok=True)
+
+
+def _beyond_rules() -> list[str]:
+    return [
+        "This project's recipes (`recipe=scratch`, `recipe=finetune`, or the paper's recipe with "
+        "changed procedures: *paper+changes*) against this project's runs of the paper's recipe, "
+        "one row per model and data set:",
+        "",
+        "- **Paper's best** = the highest accuracy the paper reports for the model (any of its "
+        "configurations, on its animals data); — where the paper has none.",
+        "- **Paper recipe here** = the best group of seed repeats (highest mean test top-1, then "
+        "most runs) among runs with the paper's recipe (`recipe=paper`, no recipe setting changed; "
+        "runs of tables written before recipes existed count as the paper's recipe). **Best recipe** "
+        "= the best group among runs with any other recipe; its settings are what differs from "
+        "the paper's recipe. Both are picked on the test set, as the paper picks its best model; "
+        "the note says among how many groups.",
+        "- Like with like: both columns of a row are on one data set (its name, identity and "
+        "split). Each says its epochs; the note says when they differ.",
+        "- **Diff.** = best recipe - paper recipe here, in percentage points.",
+        "",
+    ]
+
+
+def _beyond_section(frame: pd.DataFrame, groups: pd.DataFrame, out: Path) -> list[str]:
+    """tables/beyond_the_paper.{md,csv}, tables/epoch_budget.csv, figures/epoch_budget.png."""
+    folder = out / "tables"
+    folder.mkdir(parents=True, exist_ok=True)
+    table = beyond.beyond_table(groups)
+    write_csv(table, folder / "beyond_the_paper.csv")
+    shown = beyond.beyond_display(table)
+    (folder / "beyond_the_paper.md").write_text("## Beyond the paper\n\n" + markdown_table(shown))
+    lines = [
+        *_beyond_rules(),
+        markdown_table(shown) if len(table) else "No runs yet.",
+        "",
+        "Files: [CSV](tables/beyond_the_paper.csv) · [Markdown](tables/beyond_the_paper.md)",
+        "",
+    ]
+    return lines + _epoch_budget_section(frame, out)
+
+
+def _epoch_budget_section(frame: pd.DataFrame, out: Path) -> list[str]:
+    model = "base"
+    name = f"{display_name('model', model)} model"
+    points = beyond.epoch_budget(frame, model)
+    write_csv(points, out / "tables" / "epoch_budget.csv")
+    lines = [f"### Epoch budget: {md_text(name)}", ""]
+    if points.empty:
+        return lines + [f"No `ok` run of the {md_text(name)} yet: no epoch-budget figure.", ""]
+    data = str(points["data"].iloc[0])
+    budgets = sorted({int(e) for e in points["epochs"]})
+    lines += [
+        f"Test top-1 of `ok` runs of the {md_text(name)} on {md_text(data)} (the data set with the most "
+        "such runs) against the epoch budget (the `epochs` setting), one line per recipe: mean ± "
+        "sample std over seeds, n in the legend. Each point is the best group of true repeats of "
+        "that recipe and budget (its configuration and how many groups it was picked from are in "
+        "the table and tables/epoch_budget.csv).",
+        "",
+    ]
+    if len(budgets) < 2:
+        lines += [
+            f"Only one epoch budget ({budgets[0]}) has `ok` runs here, so the figure shows no trend: "
+            "run more budgets, e.g. `animalcls train -m recipe=scratch epochs=15,30,60 seed=0,1,2`.",
+            "",
+        ]
+    stopped = int(points["n_stopped_early"].sum())
+    if stopped:
+        lines += [f"{stopped} of these runs stopped early: x is the budget, not the epochs trained.", ""]
+    shown = pd.DataFrame(
+        {
+            "Recipe": points["recipe"],
+            "Epochs": points["epochs"].astype(str),
+            "n": points["n"].astype(str),
+            "Test top-1 % (mean ± std)": [beyond.mean_std(m, s) for m, s in zip(points["mean"], points["std"])],
+            "Configuration": points["config"],
+            "Recipe settings": points["recipe_settings"],
+            "Of groups": points["groups"].astype(str),
+        }
+    )
+    title = f"Test top-1 vs epoch budget: {name} on {data}"
+    path = figures.figure_epoch_budget(points, title, out / "figures" / "epoch_budget.png")
+    return lines + [
+        markdown_table(shown),
+        f"![Epoch budget]({path.relative_to(out).as_posix()})",
+        "",
+        "Numbers: [tables/epoch_budget.csv](tables/epoch_budget.csv)",
+        "",
+    ]
 
 
 # ---------------------------------------------------------------- the report
@@ -352,6 +454,9 @@ def run_report(tables: list[str], out: str, runs: list[str] | None = None) -> Pa
         "## The paper's tables",
         "",
         *_paper_tables_section(inline),
+        "## Beyond the paper",
+        "",
+        *_beyond_section(frame, groups, folder),
         "## Figures",
         "",
         *_figure_lines(found, folder),

@@ -230,3 +230,38 @@ def figure_confusion(matrix: pd.DataFrame, title: str, path: Path) -> Path:
     )
     ax.set_title(mpl_text(f"Confusion matrix: {title}"), fontsize=10)
     return _save(fig, path)
+
+
+def figure_epoch_budget(points: pd.DataFrame, title: str, path: Path) -> Path:
+    """Test top-1 (mean ± std over seeds) against the epoch budget, one line per recipe; the
+    x axis is log2 with a tick at each budget present. `points`: report.beyond.epoch_budget."""
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    recipe: Hashable  # a group key
+    for recipe, line in points.groupby("recipe", sort=False):
+        line = line.sort_values("epochs")
+        counts = sorted({int(n) for n in line["n"]})
+        n = f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}–{counts[-1]}"
+        ax.errorbar(
+            line["epochs"],
+            line["mean"],
+            yerr=line["std"].fillna(0.0),
+            fmt="-o",
+            capsize=3,
+            markersize=5,
+            label=mpl_text(f"{recipe!s} recipe ({n} seeds per point)"),
+        )
+    budgets = sorted({int(e) for e in points["epochs"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets)
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(budgets) / 1.4, max(budgets) * 1.4)
+    ax.set_xlabel("epoch budget (the epochs setting; log2 scale)")
+    ax.set_ylabel("test top-1 accuracy [%] (mean ± std over seeds)")
+    ax.set_title(mpl_text(title), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from animalcls import paper
 from animalcls.registry import display_name
+from animalcls.report.aggregate import PAPER_RECIPE
 from animalcls.report.text import csv_frame, fmt, is_blank, latex_text, md_text, plain
 
 MISSING = "missing"
@@ -80,14 +81,29 @@ def latex_table(frame: pd.DataFrame, caption: str, label: str) -> str:
 
 def _group_for(groups: pd.DataFrame, paper_config: str) -> tuple[dict | None, int]:
     """The group that reproduces a paper configuration: one with a measured accuracy first, then
-    exact settings and the paper's data set, then the most runs averaged.
+    the paper's recipe, then exact settings and the paper's data set, then the most runs averaged.
     Returns (group row or None, number of other groups)."""
     candidates = groups[groups["paper_config"] == paper_config]
     if candidates.empty:
         return None, 0
-    ranked = candidates.assign(_measured=candidates["n"] > 0, _exact=candidates["diffs"] == "")
-    ranked = ranked.sort_values(["_measured", "_exact", "n", "n_runs"], ascending=False, kind="mergesort")
+    ranked = candidates.assign(
+        _measured=candidates["n"] > 0,
+        _paper_recipe=[_recipe_of(g) == "" for g in candidates.to_dict("records")],
+        _exact=candidates["diffs"] == "",
+    )
+    ranked = ranked.sort_values(
+        ["_measured", "_paper_recipe", "_exact", "n", "n_runs"], ascending=False, kind="mergesort"
+    )
     return ranked.iloc[0].to_dict(), len(ranked) - 1
+
+
+def _recipe_of(group: dict) -> str:
+    """'' for the paper's recipe (or a table from before recipes), else what the group ran."""
+    recipe = "" if is_blank(group.get("recipe")) else str(group["recipe"])
+    changes = "" if is_blank(group.get("recipe_settings")) else str(group["recipe_settings"])
+    if recipe in ("", PAPER_RECIPE) and not changes:
+        return ""
+    return f"{recipe or PAPER_RECIPE}" + (f" ({changes})" if changes else "")
 
 
 def _status(group: dict | None) -> str:
@@ -104,6 +120,8 @@ def _row_note(paper_row: dict, group: dict | None, others: int) -> str:
     if group is not None:
         if group["diffs"]:
             notes.append(f"ran with {group['diffs']}")
+        if _recipe_of(group):
+            notes.append(f"not the paper's recipe: recipe {_recipe_of(group)}")
         if group["n_diverged"]:
             notes.append(f"{group['n_diverged']} diverged")
         if group["n_failed"]:
@@ -273,6 +291,9 @@ RUN_COLUMNS = [
     "precision",
     "split",
     "repeat_id",
+    "recipe",
+    "recipe_settings",
+    "stopped_early",
     "val_top1",
     "test_top1",
     "test_top3",
