@@ -232,13 +232,25 @@ def lineage_id(cfg: DictConfig, resolved: Resolved) -> str:
     return _digest(settings)
 
 
+# The keys each group had in animalcls 0.1: the legacy id hashes exactly these, so keys added since
+# (a recipe's) do not change it.
+LEGACY_GROUP_KEYS = {
+    "model": ("name", "pretrained", "weights", "batch_norm", "dropout"),
+    "optim": ("name", "momentum", "weight_decay"),
+    "loss": ("name",),
+    "aug": ("name", "resize", "crop", "hflip", "rotation", "mean", "std"),
+}
+
+
 def legacy_run_id(cfg: DictConfig) -> str:
     """The run id of animalcls 0.1 (a hash of the config as typed): rows written before
     record_version 2 are matched by it, so an old table still skips what it holds."""
-    keys = ("model", "optim", "loss", "aug", "lr", "batch_size", "epochs", "seed", "amp", "channels_last")
-    settings = {
-        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys
-    }
+    settings: dict[str, Any] = {}
+    for group, keys in LEGACY_GROUP_KEYS.items():
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        assert isinstance(node, dict)
+        settings[group] = {key: node[key] for key in keys}
+    settings.update({k: cfg[k] for k in ("lr", "batch_size", "epochs", "seed", "amp", "channels_last")})
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(data, dict)
     settings["data"] = {"name": data["name"], "root": data["root"], "split": data["split"]}

@@ -119,6 +119,11 @@ register_model(_torchvision("mobilenet_v3_large", "MobileNetV3_large", "classifi
 register_model(_torchvision("mobilenet_v3_small", "MobileNetV3_small", "classifier.3", cpu_bf16=False))
 
 
+def base_model() -> str:
+    """The paper's base CNN: the model its batch-norm / dropout studies and epoch budgets are about."""
+    return next(name for name in MODELS.names() if MODELS.get(name).base_options)
+
+
 # ---------------------------------------------------------------- optimizers
 
 

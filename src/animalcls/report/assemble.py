@@ -37,7 +37,7 @@ import pandas as pd
 
 from animalcls import paper, record
 from animalcls import results as results_table
-from animalcls.registry import display_name
+from animalcls.registry import base_model, display_name
 from animalcls.report import beyond, figures, rundirs
 from animalcls.report.aggregate import GROUP_KEYS, aggregate, confusion, per_class_accuracy, prepare, top_confusions
 from animalcls.report.tables import MISSING, comparison, markdown_table, write_csv, write_paper_tables, write_runs
@@ -349,7 +349,7 @@ def _beyond_section(frame: pd.DataFrame, groups: pd.DataFrame, out: Path) -> lis
 
 
 def _epoch_budget_section(frame: pd.DataFrame, out: Path) -> list[str]:
-    model = "base"
+    model = base_model()
     name = f"{display_name('model', model)} model"
     points = beyond.epoch_budget(frame, model)
     write_csv(points, out / "tables" / "epoch_budget.csv")

@@ -232,7 +232,7 @@ def _recipe_order(label: str) -> tuple[int, str]:
     return (0 if label == PAPER_RECIPE else 1 if label == PAPER_CHANGED else 2, label)
 
 
-def epoch_budget(frame: pd.DataFrame, model: str = "base") -> pd.DataFrame:
+def epoch_budget(frame: pd.DataFrame, model: str) -> pd.DataFrame:
     """Test top-1 per (recipe, epoch budget) from the `ok` runs of one model, on the data set it
     has the most such runs on (BUDGET_COLUMNS). Per point, the best group of true repeats of that
     recipe and budget (see the module docstring); `groups` counts the candidates."""
