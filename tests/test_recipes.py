@@ -206,6 +206,7 @@ def test_a_recipe_run_records_its_settings_and_a_paper_run_records_none(tmp_path
     assert history["lr"].iloc[0] < 0.001 or len(history) == 1 or history["lr"].iloc[-1] < history["lr"].iloc[0]
 
 
+@pytest.mark.slow
 def test_resume_with_ema_and_a_schedule_matches_an_uninterrupted_run(tmp_path, cli):
     """Interrupt after epoch 1 (SIGTERM from a watcher), resume: same losses and test top-1."""
     import os

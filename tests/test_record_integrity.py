@@ -106,6 +106,7 @@ def test_a_full_disk_leaves_no_torn_checkpoint_or_temp_file(tmp_path):
         assert list(mount.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_run_whose_row_cannot_be_written_says_where_its_record_is(tmp_path, image_folder, cli, capsys):
     with mounted_tmpfs(tmp_path / "mnt", "size=64k") as mount:
         table = mount / "results.csv"
@@ -141,6 +142,16 @@ def test_a_run_dir_and_a_run_id_have_one_owner(tmp_path):
     first.release()
     assert second.take_run_id()
     second.release()
+
+
+@pytest.mark.slow
+def test_a_fixed_run_dir_takes_the_same_run_again_but_never_another(tmp_path, image_folder, cli, capsys):
+    fixed = ["hydra.run.dir=fixed"]
+    assert cli(tiny_train_args(image_folder, *fixed), tmp_path) == 0
+    assert cli(tiny_train_args(image_folder, *fixed, "force=true"), tmp_path) == 0  # the same run, again
+    assert len(list((tmp_path / "fixed").glob("record.*.json"))) == 1 and (tmp_path / "fixed" / "record.json").exists()
+    _clean_failure(cli(tiny_train_args(image_folder, *fixed, "seed=5"), tmp_path), capsys, "already holds another run")
+    assert len(_table(tmp_path)) == 2
 
 
 @pytest.mark.slow
@@ -220,6 +231,7 @@ def test_a_checkpoint_of_another_split_is_not_resumed(tmp_path, cli, image_folde
     assert "starting over" in _log_of_last_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_truncated_last_pt_is_reported_and_the_run_starts_over(tmp_path, cli, image_folder):
     args, row = _finished_run(tmp_path, cli, image_folder)
     last = Path(row["run_dir"]) / "last.pt"
@@ -231,6 +243,7 @@ def test_a_truncated_last_pt_is_reported_and_the_run_starts_over(tmp_path, cli, 
     assert list(_table(tmp_path)["status"]) == ["ok", "ok"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("garbage", ["", b"\xff\xfe\x00garbage", "relative/dir", "[1, 2]"])
 def test_a_garbled_pointer_is_ignored_not_followed(tmp_path, cli, image_folder, garbage):
     args, row = _finished_run(tmp_path, cli, image_folder)

@@ -254,6 +254,7 @@ def _assert_resumed(cwd: Path) -> None:
     assert "resuming from" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path, cli):
     args, expected = _uninterrupted(tmp_path, cli)
     interrupted = tmp_path / "interrupted"

@@ -76,6 +76,7 @@ def test_a_done_run_is_skipped_unless_forced(tmp_path, image_folder, cli):
     assert len(_table(tmp_path)) == 2
 
 
+@pytest.mark.slow
 def test_demo_data_is_deterministic_and_learnable(tmp_path, cli):
     from animalcls.demo import ensure_demo_data
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from filelock import FileLock, Timeout
 from animalcls import checkpoint
 from animalcls.atomic import write_text_atomic
 from animalcls.errors import AnimalclsError
-from animalcls.record import RECORD_FILE
+from animalcls.record import RECORD_FILE, read_record
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class Claim:
     """The locks a run holds while it runs: its run dir, and its run id."""
 
     def __init__(self, results: str, run_id: str, run_dir: Path) -> None:
-        self.run_dir = run_dir
+        self.run_dir, self.run_id = run_dir, run_id
         self.dir_lock = FileLock(str(run_dir / ".owner.lock"), timeout=0)
         # kept after release: deleting a lock file races with a process about to lock it
         self.id_lock = FileLock(str(Path(results).parent / ".locks" / f"{run_id}.lock"), timeout=0)
@@ -49,12 +50,19 @@ class Claim:
             raise AnimalclsError(
                 f"run dir {self.run_dir} is in use by another run; give this one its own (hydra.run.dir=...)."
             ) from None
-        if (self.run_dir / RECORD_FILE).exists():
+        previous = self.run_dir / RECORD_FILE
+        if not previous.exists():
+            return
+        record = read_record(previous)
+        if record is None or record.get("run_id") != self.run_id:
             self.dir_lock.release()
             raise AnimalclsError(
-                f"run dir {self.run_dir} already holds a finished run ({RECORD_FILE}); "
+                f"run dir {self.run_dir} already holds another run ({RECORD_FILE}); "
                 f"give this run its own (hydra.run.dir=...)."
             )
+        # the same run again in a fixed dir (a re-run sweep with hydra.sweep.dir set): its earlier
+        # record is kept beside the new one, not overwritten
+        previous.rename(self.run_dir / f"record.{time.strftime('%Y%m%dT%H%M%S')}.json")
 
     def take_run_id(self) -> bool:
         """Own the run id; False when another process is running it right now."""

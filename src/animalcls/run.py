@@ -190,7 +190,6 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
         row = settings_row(cfg, resolved)
         claim = resume.Claim(cfg.results, row["run_id"], run_dir)
         try:
-            ctx.from_main(claim.take_run_dir)
             if not ctx.from_main(lambda: claim.take_run_id()):
                 log.warning("skipping: run %s is running in another process right now", row["run_id"])
                 return None
@@ -200,6 +199,7 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
                     "skipping: run %s already has an ok row in %s (force=true re-runs it)", row["run_id"], cfg.results
                 )
                 return {**done, "skipped": True}
+            ctx.from_main(claim.take_run_dir)
             return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row, epoch_hook)
         finally:
             claim.release()
