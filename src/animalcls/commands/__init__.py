@@ -40,6 +40,21 @@ def parse_overrides(args: list[str], command: str) -> list[Override]:
     return overrides
 
 
+def split_options(args: list[str], command: str, own: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+    """A command's own options (keys that are not config keys, or not of the config's type, e.g.
+    `ckpt=[a.pt,b.pt]`), as Hydra parses their values, and the other arguments as typed (config
+    overrides, for `compose`)."""
+    own = set(own)
+    options: dict[str, Any] = {}
+    rest: list[str] = []
+    for arg, override in zip(args, parse_overrides(args, command)):
+        if override.key_or_group in own:
+            options[override.key_or_group] = override.value()
+        else:
+            rest.append(arg)
+    return options, rest
+
+
 def given_keys(args: list[str], command: str) -> list[str]:
     return [override.key_or_group for override in parse_overrides(args, command)]
 
