@@ -19,7 +19,10 @@ commands:
   eval      re-measure a checkpoint on its test split:      animalcls eval ckpt=PATH [device=cpu] [data.root=DIR]
             [data.cache_dir=DIR] [eval_batch_size=N] [workers=N]  (the rest comes from the checkpoint)
   predict   top-5 classes of images and folders:            animalcls predict ckpt=PATH images=[a.jpg,folder/]
-            [device=cpu] [eval_batch_size=N] [workers=N]
+            [out=PATH.csv] [format=topk|submission] [tta=true] [ckpt=[a.pt,b.pt]] [device=cpu] [eval_batch_size=N]
+  tune      Optuna search with pruning, in SQLite:          animalcls tune n_trials=20 [study=NAME] [data=demo epochs=3]
+            [pruner=median|hyperband|none] [sampler=tpe|random] [space=default] [storage=URL] [timeout=S]
+  export    ONNX and TorchScript, checked against PyTorch:  animalcls export ckpt=PATH [out=DIR] [opset=17]
   profile   params, GMACs (fvcore), GFLOPs, CPU latency:     animalcls profile model=resnet50
   bench     images/s of the engine vs the compute limit:     animalcls bench model=base data.root=...
   report    paper tables and figures from the results table: animalcls report [results=PATH|results=[a.csv,b.csv]]
@@ -85,6 +88,7 @@ def _train_app() -> int:
     from animalcls.errors import AnimalclsError
 
     try:
+        _refuse_retired_sweeper(sys.argv[1:])
         check_group_choices(sys.argv[1:])
     except AnimalclsError as exc:
         print(f"animalcls train: error: {exc}", file=sys.stderr)
@@ -95,6 +99,19 @@ def _train_app() -> int:
     sys.argv = with_rank_overrides(sys.argv)  # torchrun ranks > 0 write no run dir or log
     train()
     return _exit_code
+
+
+def _refuse_retired_sweeper(args: list[str]) -> None:
+    """`+hparams_search=optuna` ran Hydra's Optuna sweeper, which pins Optuna 2.10 (its SQLite
+    storage fails with today's SQLAlchemy); `animalcls tune` replaces it."""
+    from animalcls.errors import AnimalclsError
+
+    for arg in args:
+        if arg.lstrip("+~").partition("=")[0] == "hparams_search":
+            raise AnimalclsError(
+                "the Hydra Optuna sweeper is retired: use `animalcls tune ...` instead, e.g. "
+                "`animalcls tune n_trials=20 data=demo epochs=3` (see `animalcls tune --help`)."
+            )
 
 
 def _require_multirun_for_sweeps() -> None:
@@ -113,7 +130,8 @@ def _require_multirun_for_sweeps() -> None:
         )
 
 
-COMMANDS = ("eval", "predict", "profile", "bench", "report", "results")  # each animalcls.commands.<name>.main
+# each animalcls.commands.<name>.main
+COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "results")
 
 
 def _run_command(command: str, args: list[str]) -> int:
