@@ -539,6 +539,8 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {row.get('epochs_done')}")
         if value is None:
             raise TrialFailed(f"the run ended {status} without a validation top-1")
+        if row.get("skipped"):  # done before (same run id): the trial is that run
+            trial.set_user_attr("run_dir", str(row.get("run_dir", run_dir)))
         done = "already done: its recorded" if row.get("skipped") else status + ","
         log.info("trial %d: %s val top-1 %.2f%%, run dir %s", trial.number, done, value, row.get("run_dir", run_dir))
         return value
