@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from animalcls import graphs
 from animalcls.augment import cache_decode_size
 from animalcls.config import DEVICE_PATTERN
 from animalcls.data import Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, scan, split_indices
@@ -24,6 +25,7 @@ from animalcls.ema import ModelEma
 from animalcls.engine import Recipe
 from animalcls.errors import AnimalclsError
 from animalcls.finetune import Freezer, parameter_groups
+from animalcls.graphs import StepGraphs
 from animalcls.mix import Mixer
 from animalcls.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from animalcls.schedule import lr_factor, warmup_steps
@@ -47,13 +49,29 @@ def cpu_has_amx() -> bool:
     return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
 
 
-def choose_precision(amp: str, device: torch.device, model_name: str) -> str:
-    """The autocast precision actually used: fp32, bf16 or fp16 (what the run id records)."""
+# amp=auto on CUDA: fp32 below this batch size, bf16 (fp16 without bf16) from it on. A rule from
+# measured thresholds, never a timing at run time: the run id hashes the precision it picks. The
+# recorded H200 check (docs/bench/h200-2026-11-28) measured, in images/s of the eager step:
+#   base CNN, 112 px, batch 16:            fp32 7,468  bf16 5,045  (launch-bound: casts are extra kernels)
+#   MobileNetV3-large, 224 px, batch 16:   fp32   690  bf16   619
+#   base CNN, 112 px, batch 128:           fp32 21,995 bf16 31,986 (bf16 1.45x)
+# Batch 32 is not measured; it counts as small (the same launch-bound models, twice the work per step).
+CUDA_BF16_MIN_BATCH = 64
+
+
+def choose_precision(amp: str, device: torch.device, model_name: str, batch_size: int | None = None) -> str:
+    """The autocast precision actually used: fp32, bf16 or fp16 (what the run id records).
+
+    amp=auto: on CUDA, fp32 at batch_size < CUDA_BF16_MIN_BATCH and bf16 (fp16 where the GPU has
+    no bf16) from there on; batch_size=None (a caller that does not say) keeps bf16/fp16. On the
+    CPU, bf16 only with AMX matrix units and for models whose registry entry has cpu_bf16."""
     if amp == "off":
         return "fp32"
     if amp in ("bf16", "fp16"):
         return amp
     if device.type == "cuda":
+        if batch_size is not None and batch_size < CUDA_BF16_MIN_BATCH:
+            return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_amx() and MODELS.get(model_name).cpu_bf16 else "fp32"
 
@@ -130,10 +148,18 @@ def build_scheduler(
     )
 
 
+def build_graphs(cfg: DictConfig, device: torch.device) -> StepGraphs | None:
+    """The run's CUDA graphs (`cuda_graphs`, animalcls.graphs), or None: eager steps (always off CUDA)."""
+    if not graphs.wanted(cfg.get("cuda_graphs", "auto"), device, int(cfg.batch_size)):
+        return None
+    return StepGraphs(int(cfg.batch_size), cfg.get("cuda_graphs", "auto"))
+
+
 def build_recipe(
     cfg: DictConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, steps_per_epoch: int, num_classes: int
 ) -> Recipe:
-    """Everything a recipe adds to the engine's loop; all off for the paper's recipe."""
+    """Everything a recipe adds to the engine's loop; all off for the paper's recipe. The model is
+    on its device already (the CUDA graphs decision needs it)."""
     mixer = Mixer(cfg.mix, num_classes, cfg.loss.label_smoothing)
     freezer = Freezer(model, MODELS.get(cfg.model.name).head, cfg.finetune.freeze_epochs)
     frozen = cfg.finetune.freeze_epochs > 0
@@ -147,6 +173,7 @@ def build_recipe(
         patience=int(cfg.early_stop.patience),
         min_delta=float(cfg.early_stop.min_delta),
         tta=bool(cfg.tta),
+        graphs=build_graphs(cfg, next(model.parameters()).device),
     )
 
 
@@ -162,11 +189,16 @@ class Prepared:
 
 
 def scan_data(cfg: DictConfig) -> Dataset:
-    """The data set's files and classes (generating the demo set on first use); cheap, no decoding."""
+    """The data set's files and classes (generating the demo or stand-in set on first use); cheap,
+    no decoding."""
     if cfg.data.name == "demo":
-        from animalcls.demo import ensure_demo_data  # deferred: only the demo set needs it
+        from animalcls.demo import ensure_demo_data  # deferred: only the generated sets need it
 
         ensure_demo_data(cfg.data.root)
+    elif cfg.data.name == "standin":
+        from animalcls.demo import ensure_standin_data
+
+        ensure_standin_data(cfg.data.root, workers=int(cfg.workers))
     return scan(cfg.data.root)
 
 

@@ -134,6 +134,7 @@ class BenchConfig:
     pil: bool = True  # also measure the old `data.pipeline=pil` path
     cold: bool = True  # also decode from scratch into a temporary cache dir
     out: str = ""  # JSON path; "" = outputs/bench/<model>-<device>.json
+    mode: str = "engine"  # engine: img/s of the engine's parts | sweep: whole runs, old vs new settings
 
 
 @dataclass
@@ -152,6 +153,7 @@ class Config:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    cuda_graphs: str = "auto"  # off | on | auto: the steps as CUDA graphs (animalcls.graphs; auto: CUDA, small batches)
     eval_batch_size: int = 0
     test_on: str = "best"
     resume: str = "auto"
@@ -353,6 +355,12 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.aug.name, AUGMENTATIONS.names(), "aug")
     _choice(cfg.amp, ("auto", "bf16", "fp16", "off"), "amp")
     _choice(str(cfg.channels_last).lower(), ("auto", "true", "false"), "channels_last")
+    # YAML reads a bare on/off as a boolean: true/false mean on/off here
+    _choice(
+        {"true": "on", "false": "off"}.get(str(cfg.cuda_graphs).lower(), str(cfg.cuda_graphs)),
+        ("auto", "on", "off"),
+        "cuda_graphs",
+    )
     _choice(cfg.test_on, ("best", "last"), "test_on")
     _choice(cfg.data.pipeline, ("cached", "pil"), "data.pipeline")
     _choice(str(cfg.resume).lower(), ("auto", "true", "false"), "resume")

@@ -3,6 +3,10 @@
 Six classes that differ in shape, colour and texture, drawn with random position, size, hue jitter
 and background noise, so that the base CNN has something real to learn and a few epochs on a CPU
 beat chance (1/6) clearly. Same seed, same bytes: every machine gets the same demo data.
+
+The stand-in (`data=standin`): a set of Animals-151's shape for timing, drawn the same way: 151
+classes, 6,270 images of 224 x 224 px (JPEG), as many per class as an even split allows
+(`standin_counts`), so that decode, epoch and evaluation times match the paper's set.
 """
 
 from __future__ import annotations
@@ -40,16 +44,16 @@ def _texture(draw, box, kind: str, rng: np.random.Generator) -> None:
             draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=(20, 20, 20))
 
 
-def _draw(shape: str, colour: tuple, texture: str, rng: np.random.Generator):
+def _draw(shape: str, colour: tuple, texture: str, rng: np.random.Generator, size: int = SIZE):
     from PIL import Image, ImageDraw
 
     background = rng.integers(40, 215, size=3)
-    noise = rng.normal(0, 18, size=(SIZE, SIZE, 3))
+    noise = rng.normal(0, 18, size=(size, size, 3))
     pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
-    r = int(rng.integers(SIZE // 5, SIZE // 3))
-    cx, cy = (int(v) for v in rng.integers(r, SIZE - r, size=2))
+    r = int(rng.integers(size // 5, size // 3))
+    cx, cy = (int(v) for v in rng.integers(r, size - r, size=2))
     fill = tuple(int(np.clip(c + rng.integers(-30, 31), 0, 255)) for c in colour)
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "circle":
@@ -93,6 +97,88 @@ def _generate(root: Path, marker: Path, images_per_class: int, seed: int) -> Non
                 image = image.convert("L")
             image.save(folder / f"{name}_{i:03d}.jpg", quality=90)
     marker.write_text("complete\n")
+
+
+# ---------------------------------------------------------------- the stand-in for Animals-151
+
+STANDIN_CLASSES = 151
+STANDIN_IMAGES = 6270  # Animals-151's size: the paper's split gives 5,330 / 313 / 627
+STANDIN_SIZE = 224
+STANDIN_MARKER = ".animalcls-standin-v1"
+_SHAPES = ("circle", "triangle", "square", "ring", "diamond")
+_TEXTURES = ("plain", "stripes", "dots")
+
+
+def standin_counts(classes: int = STANDIN_CLASSES, total: int = STANDIN_IMAGES) -> list[int]:
+    """Images per class, as even as `total` allows: the first total % classes classes get one more
+    (Animals-151's shape: 79 classes of 42 and 72 of 41, 6,270 in all)."""
+    if classes < 1 or total < classes:
+        raise ValueError(f"{total} images cannot fill {classes} classes")
+    base, extra = divmod(total, classes)
+    return [base + (i < extra) for i in range(classes)]
+
+
+def _standin_class(index: int) -> tuple[str, tuple[int, int, int], str]:
+    """Class `index`'s shape, colour (hues around the wheel) and texture: every class differs."""
+    import colorsys
+
+    hue = (index * 0.618033988749895) % 1.0  # golden-ratio steps: neighbours far apart in hue
+    rgb = colorsys.hsv_to_rgb(hue, 0.75, 0.85)
+    colour = (int(rgb[0] * 255), int(rgb[1] * 255), int(rgb[2] * 255))
+    return _SHAPES[index % len(_SHAPES)], colour, _TEXTURES[(index // len(_SHAPES)) % len(_TEXTURES)]
+
+
+def ensure_standin_data(
+    root: str | Path, counts: list[int] | None = None, size: int = STANDIN_SIZE, seed: int = 0, workers: int = 1
+) -> Path:
+    """Generate the stand-in ImageFolder tree under `root` unless a complete one is there: one
+    folder per class (`standin_000` ...), `counts[i]` JPEGs of size x size in class i (default:
+    Animals-151's shape). Deterministic: each class draws from its own seeded generator, so
+    `workers` threads give the same bytes as one."""
+    root = Path(root)
+    counts = standin_counts() if counts is None else list(counts)
+    spec = f"classes={len(counts)} images={sum(counts)} size={size} seed={seed} counts={','.join(map(str, counts))}\n"
+    marker = root / STANDIN_MARKER
+    if not marker.exists():
+        from filelock import FileLock
+
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / ".generate.lock"), timeout=1800):  # parallel jobs: one generates
+            if not marker.exists():
+                from animalcls.atomic import write_text_atomic
+
+                _generate_standin(root, counts, size, seed, max(1, workers))
+                write_text_atomic(marker, spec)  # whole or absent: readers outside the lock check it
+    if marker.read_text() != spec:
+        from animalcls.errors import AnimalclsError
+
+        raise AnimalclsError(
+            f"{root} holds another stand-in ({marker.read_text().strip()[:80]}); remove it or choose another root"
+        )
+    return root
+
+
+def _generate_standin(root: Path, counts: list[int], size: int, seed: int, workers: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    log.info(
+        "generating the stand-in data set under %s (%d classes, %d images, %d px)", root, len(counts), sum(counts), size
+    )
+
+    def one_class(index: int) -> None:
+        shape, colour, texture = _standin_class(index)
+        folder = root / f"standin_{index:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([seed, 151, index])
+        for i in range(counts[index]):
+            image = _draw(shape, colour, texture, rng, size)
+            if i % 20 == 7:  # real sets have grayscale JPEGs
+                image = image.convert("L")
+            image.save(folder / f"standin_{index:03d}_{i:03d}.jpg", quality=90)
+
+    # JPEG encoding releases the GIL: threads help, and need no process start-up or pickling
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one_class, range(len(counts))))
 
 
 def make_image_folder(root: Path, classes: int = 3, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:

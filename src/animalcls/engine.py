@@ -44,6 +44,28 @@ class EpochBatches(Batches, Protocol):
     def set_epoch(self, epoch: int) -> None: ...
 
 
+class GraphedSteps(Protocol):
+    """Steps captured as CUDA graphs (animalcls.graphs.StepGraphs); each returns None where the
+    engine runs its own, eager step."""
+
+    def train(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        augment: Augment,
+        criterion: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: StepSettings,
+        scaler: torch.amp.GradScaler | None,
+        recipe: Recipe,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None: ...
+
+    def evaluate(
+        self, model: nn.Module, images: torch.Tensor, augment: Augment, settings: StepSettings, tta: bool
+    ) -> torch.Tensor | None: ...
+
+
 @dataclass
 class StepSettings:
     device: torch.device
@@ -93,6 +115,7 @@ class Recipe:
     patience: int = 0  # early stopping: epochs without a better val top-1 (0 = off)
     min_delta: float = 0.0  # percentage points that count as better
     tta: bool = False  # evaluate on the image and its mirror image
+    graphs: GraphedSteps | None = None  # CUDA graphs of the steps (animalcls.graphs); None = eager
 
 
 def train_step(
@@ -126,7 +149,7 @@ def train_step(
     return logits, loss
 
 
-def _recipe_step(
+def recipe_step(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -174,9 +197,14 @@ def train_one_epoch(
     for images, labels in _bar(batches, desc, settings.progress):
         if settings.stop.is_set():
             raise Interrupted()
-        logits, loss, counted = _recipe_step(
-            model, augment(images), labels, criterion, optimizer, settings, scaler, recipe
-        )
+        graphed = None
+        if recipe.graphs is not None:
+            graphed = recipe.graphs.train(
+                model, images, labels, augment, criterion, optimizer, settings, scaler, recipe
+            )
+        if graphed is None:
+            graphed = recipe_step(model, augment(images), labels, criterion, optimizer, settings, scaler, recipe)
+        logits, loss, counted = graphed
         meter.update(logits, counted, loss)
     synchronize(settings.device)
     if reduce is not None:
@@ -202,6 +230,7 @@ def evaluate(
     keep_outputs: Literal[False] = False,
     reduce: Reduce | None = None,
     tta: bool = False,
+    graphs: GraphedSteps | None = None,
 ) -> dict[str, float]: ...
 
 
@@ -215,6 +244,7 @@ def evaluate(
     keep_outputs: Literal[True],
     reduce: Reduce | None = None,
     tta: bool = False,
+    graphs: GraphedSteps | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]: ...
 
 
@@ -228,22 +258,28 @@ def evaluate(
     keep_outputs: bool = False,
     reduce: Reduce | None = None,
     tta: bool = False,
+    graphs: GraphedSteps | None = None,
 ) -> dict[str, float] | tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Loss and top-1/3/5 over the batches; optionally the logits and labels, for predictions.
 
     `reduce` sums the meter's raw counts across processes (DDP), so every rank reports the metrics
-    of the whole set. `tta` averages the outputs for each image and its mirror image.
+    of the whole set. `tta` averages the outputs for each image and its mirror image. `graphs`
+    replays captured evaluation steps where it can (CUDA).
     """
     model.eval()
     meter = TopKMeter()
     outputs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     for images, labels in _bar(batches, "eval", settings.progress):
-        inputs = augment(images)
-        with settings.autocast():
-            logits = model(inputs).float()
-            if tta:
-                logits = (logits + model(inputs.flip(3)).float()) / 2
+        graphed = None if graphs is None else graphs.evaluate(model, images, augment, settings, tta)
+        if graphed is not None:
+            logits = graphed
+        else:
+            inputs = augment(images)
+            with settings.autocast():
+                logits = model(inputs).float()
+                if tta:
+                    logits = (logits + model(inputs.flip(3)).float()) / 2
         meter.update(logits, labels, criterion(logits, labels))
         if keep_outputs:
             outputs.append(logits.cpu())
@@ -315,7 +351,16 @@ def fit(
             recipe=recipe,
         )
         val_model = model if eval_model is None else eval_model
-        val = evaluate(val_model, val_batches, eval_augment, criterion, settings, reduce=reduce, tta=recipe.tta)
+        val = evaluate(
+            val_model,
+            val_batches,
+            eval_augment,
+            criterion,
+            settings,
+            reduce=reduce,
+            tta=recipe.tta,
+            graphs=recipe.graphs,
+        )
         row = {
             "epoch": epoch,
             "train_loss": stats["train_loss"],
@@ -324,7 +369,7 @@ def fit(
             "val_top1": val["top1"],
             "val_top3": val["top3"],
             "val_top5": val["top5"],
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": stats["seconds"],
             "images_per_s": stats["images_per_s"],
         }

@@ -14,8 +14,22 @@ path alternate and each pools its rounds. images/s is the median over batches on
 host's other work stalls some batches for seconds) and images over total time on CUDA (where a
 batch's launch returns before its work is done); the JSON has both. "epoch img/s" adds the setup
 seconds (scan, decode or cache load, batches) to one full training epoch at the measured rate.
+The engine and eval measurements use CUDA graphs as a run would (`cuda_graphs`, animalcls.graphs;
+the JSON says whether they did); the limit is always the eager step.
 
     animalcls bench model=base data.root=/path/to/images device=cpu bench.batches=20
+
+`bench.mode=sweep` times whole runs instead: each of a fixed list of paper configurations
+(`SWEEP_CONFIGS`: the base CNN and MobileNetV3-large at batch 16 and 32, the classes of 30 of the
+paper's 38 configurations) as `animalcls train` in a new process, from process start to exit
+(start-up, data set scan and cache load, training, evaluation, the results row), with the old
+settings (`cuda_graphs=off`, and on CUDA `amp=bf16`, the old amp=auto there) and the new ones
+(`cuda_graphs=auto amp=auto`), taking turns (old first, then new first in the next round), into
+results tables of its own in a temporary dir. The decode caches are built before the clock starts.
+Other overrides go to every run (e.g. `epochs=1 data=standin`). The JSON has every run's seconds,
+exit status and results row, and the ratio old seconds / new seconds (above 1: new is faster).
+
+    animalcls bench bench.mode=sweep data=standin epochs=1 bench.rounds=2
 """
 
 from __future__ import annotations
@@ -26,6 +40,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -39,6 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 from animalcls.augment import DeviceAugment
 from animalcls.build import (
     build_criterion,
+    build_graphs,
     build_model,
     build_optimizer,
     choose_channels_last,
@@ -50,7 +67,7 @@ from animalcls.build import (
 )
 from animalcls.commands import given_keys
 from animalcls.config import compose, validate
-from animalcls.engine import StepSettings, evaluate, synchronize, train_one_epoch, train_step
+from animalcls.engine import Recipe, StepSettings, evaluate, synchronize, train_one_epoch, train_step
 from animalcls.errors import AnimalclsError
 
 log = logging.getLogger(__name__)
@@ -176,14 +193,17 @@ def measure_training(
     batches_seconds = time.perf_counter() - start
     cached = cfg.data.pipeline == "cached"  # the PIL pipeline's batches are augmented already
     augment = DeviceAugment(cfg.aug, train=cached, channels_last=channels_last, cached=cached)
+    recipe = Recipe(graphs=build_graphs(cfg, device))  # the graphs capture during the warm-up batches
     warm = Capped(batches, cfg.bench.warmup, first_epoch=1)
     syncs = None
     if device.type == "cuda" and cfg.bench.warmup > 0:
-        syncs = _count_syncs(lambda: train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler))
+        syncs = _count_syncs(
+            lambda: train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler, recipe=recipe)
+        )
     else:
-        train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler)
+        train_one_epoch(model, warm, augment, criterion, optimizer, settings, scaler, recipe=recipe)
     timed = Capped(batches, cfg.bench.batches, first_epoch=warm.epoch)
-    stats = train_one_epoch(model, timed, augment, criterion, optimizer, settings, scaler)
+    stats = train_one_epoch(model, timed, augment, criterion, optimizer, settings, scaler, recipe=recipe)
     result = {
         "steps": timed.steps(time.perf_counter()),
         "seconds": stats["seconds"],
@@ -192,6 +212,7 @@ def measure_training(
         "batches_setup_seconds": batches_seconds,
         "epoch_images": batches.num_samples,
         "epoch_batches": len(batches),
+        **_graphs_used(recipe.graphs),
     }
     if syncs is not None:
         result["cuda_syncs_per_warmup_batch"] = syncs / cfg.bench.warmup
@@ -206,11 +227,12 @@ def measure_eval(
     settings = StepSettings(device, precision, progress=False)
     batches = make_batches(cfg, prepared, "test", device, train=False)
     augment = DeviceAugment(cfg.aug, train=False, channels_last=channels_last, cached=cfg.data.pipeline == "cached")
-    evaluate(model, Capped(batches, max(1, cfg.bench.warmup)), augment, criterion, settings)
+    graphs = build_graphs(cfg, device)
+    evaluate(model, Capped(batches, max(1, cfg.bench.warmup)), augment, criterion, settings, graphs=graphs)
     timed = Capped(batches, cfg.bench.eval_batches)
     synchronize(device)
     start = time.perf_counter()
-    evaluate(model, timed, augment, criterion, settings)
+    evaluate(model, timed, augment, criterion, settings, graphs=graphs)
     synchronize(device)
     end = time.perf_counter()
     return {
@@ -219,7 +241,15 @@ def measure_eval(
         "images": sum(timed.sizes),
         "batch_size": cfg.eval_batch_size or 4 * cfg.batch_size,
         "precision": precision,
+        "cuda_graphs_used": graphs is not None,
     }
+
+
+def _graphs_used(graphs: Any) -> dict[str, Any]:
+    """Whether the training steps ran as CUDA graphs, and if not, why (when graphs were asked for)."""
+    if graphs is None:
+        return {"cuda_graphs_used": False}
+    return {"cuda_graphs_used": not graphs.reason, "cuda_graphs_fallback": graphs.reason}
 
 
 def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
@@ -267,14 +297,16 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     if cfg.bench.statistic not in ("auto", "median", "total"):
         raise AnimalclsError(f"bench.statistic={cfg.bench.statistic!r}: choose auto, median or total")
     device = resolve_device(cfg.device)
-    precision = choose_precision(cfg.amp, device, cfg.model.name)
+    precision = choose_precision(cfg.amp, device, cfg.model.name, cfg.batch_size)
     channels_last = choose_channels_last(cfg.channels_last)
     measurements: dict[str, dict[str, Any]] = {}
     tmp = Path(tempfile.mkdtemp(prefix="animalcls-bench-cache-"))
     try:
         # The cache: cold = decode every file into an empty temporary cache dir; warm = the same
-        # call again, which finds and loads that cache. Both time scan + cache key + load.
-        cached_cfg = _with(cfg, **{"data.pipeline": "cached", "data.cache_dir": str(tmp)})
+        # call again, which finds and loads that cache. Both time scan + cache key + load. Without
+        # bench.cold, warm loads the run's own cache (data.cache_dir), built first if missing.
+        cache_dir = str(tmp) if cfg.bench.cold else cfg.data.cache_dir
+        cached_cfg = _with(cfg, **{"data.pipeline": "cached", "data.cache_dir": cache_dir})
         cold_seconds = None
         if cfg.bench.cold:
             _, cold_seconds = _prepare(cached_cfg)
@@ -363,6 +395,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         "amp": cfg.amp,
         "channels_last": channels_last,
         "compile": cfg.compile,
+        "cuda_graphs": str(cfg.cuda_graphs),
+        "cuda_graphs_used": measurements["engine_warm"]["cuda_graphs_used"],
         "data_root": str(prepared.data.root),
         "images": len(prepared.data.paths),
         "train_images": len(prepared.split["train"]),
@@ -396,7 +430,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"animalcls bench: model={result['model']} {result['crop']}px batch {result['batch_size']} "
         f"(eval {result['eval_batch_size']}), {result['device']} ({result['device_name']}, "
         f"{result['threads']} threads, load {result['load_average_1min']}), precision {precision}, channels_last "
-        f"{str(result['channels_last']).lower()}, torch {result['torch']}",
+        f"{str(result['channels_last']).lower()}, cuda graphs {'on' if result['cuda_graphs_used'] else 'off'}, "
+        f"torch {result['torch']}",
         f"{result['images']} images ({result['train_images']} train); {result['warmup']} warm-up + "
         f"{result['batches']} timed batches per measurement"
         + (f" and round ({result['rounds']} rounds, alternating)" if result["rounds"] > 1 else "")
@@ -430,13 +465,195 @@ def main(args: list[str]) -> int:
     if "model.pretrained" not in given_keys(args, "bench"):
         args = [*args, "model.pretrained=false"]  # speed does not depend on the weights; no download
     cfg = compose(args)
+    if cfg.bench.mode not in ("engine", "sweep"):
+        raise AnimalclsError(f"bench.mode={cfg.bench.mode!r}: choose engine or sweep")
+    if cfg.bench.mode == "sweep":
+        return sweep_main(cfg, args)
     result = run_bench(cfg)
     result["command"] = "animalcls bench " + " ".join(args)
     out = Path(cfg.bench.out or f"outputs/bench/{cfg.model.name}-{torch.device(result['device']).type}.json")
+    _write_json(out, result)
+    print(format_table(result))
+    print(f"written: {out}")
+    return 0
+
+
+def _write_json(out: Path, result: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(result, indent=2, default=str))
     tmp.replace(out)
-    print(format_table(result))
+
+
+# ---------------------------------------------------------------- bench.mode=sweep: whole runs
+
+# The base CNN and MobileNetV3-large at the paper's batch sizes 16 and 32: 30 of its 38
+# configurations are of one of these four kinds (lr, optimizer and loss barely change the time).
+SWEEP_CONFIGS = [
+    "base-adam-lr1e-3-bs16-e10-ce",
+    "base-adam-lr1e-3-bs32-e10-ce",
+    "mobilenet_v3_large-sgd-lr1e-2-bs16-e10-ce",
+    "mobilenet_v3_large-sgd-lr1e-1-bs32-e10-ce",
+]
+
+
+def sweep_variants(device: torch.device) -> dict[str, list[str]]:
+    """The settings compared: before this issue (no graphs; amp=auto picked bf16 on CUDA at every
+    batch size, so `amp=bf16` there; on the CPU its rule is unchanged) and now."""
+    return {
+        "old": ["cuda_graphs=off", "amp=bf16" if device.type == "cuda" else "amp=auto"],
+        "new": ["cuda_graphs=auto", "amp=auto"],
+    }
+
+
+def _row(results_csv: Path) -> dict[str, Any]:
+    from animalcls import results
+
+    if not results_csv.exists():
+        return {}
+    table = results.load(results_csv, warn=False)
+    if not len(table):
+        return {}
+    row = table.iloc[-1].to_dict()
+    keys = ("status", "precision", "epochs_done", "train_seconds", "images_per_s", "val_top1", "test_top1", "run_id")
+    return {k: row[k].item() if hasattr(row.get(k), "item") else row.get(k) for k in keys}  # numpy -> JSON
+
+
+def run_sweep(cfg: DictConfig, args: list[str]) -> dict[str, Any]:
+    """Every configuration of SWEEP_CONFIGS under both variants, in turns; see the module doc."""
+    from animalcls.commands import parse_overrides
+
+    if cfg.bench.rounds < 1:
+        raise AnimalclsError("bench.rounds must be >= 1")
+    device = resolve_device(cfg.device)
+    variants = sweep_variants(device)
+    # the user's overrides go to every run; bench's own keys and the variants' keys do not
+    own = {"cuda_graphs", "amp", "results", "force", "resume", "hydra.run.dir"}
+    passed = [
+        a
+        for a, o in zip(args, parse_overrides(args, "bench"))
+        if not o.key_or_group.startswith("bench.") and o.key_or_group not in own
+    ]
+    configs = list(SWEEP_CONFIGS)
+    for name in configs:  # compose and validate every run, and build its decode cache, before the clock
+        run_cfg = compose([f"+paper_config={name}", *passed])
+        validate(run_cfg)
+        prepare_data(run_cfg)
+    work = Path(tempfile.mkdtemp(prefix="animalcls-sweep-"))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    runs: list[dict[str, Any]] = []
+    try:
+        for round_ in range(cfg.bench.rounds):
+            order = ["old", "new"] if round_ % 2 == 0 else ["new", "old"]
+            for name in configs:
+                for variant in order:
+                    results_csv = work / variant / f"{name}-r{round_}.csv"
+                    command = [
+                        sys.executable,
+                        "-m",
+                        "animalcls",
+                        "train",
+                        f"+paper_config={name}",
+                        *passed,
+                        *variants[variant],
+                        f"results={results_csv}",
+                        f"hydra.run.dir={work / variant / f'{name}-r{round_}'}",
+                        "force=true",
+                        "resume=false",
+                    ]
+                    log_file = work / variant / f"{name}-r{round_}.log"
+                    log_file.parent.mkdir(parents=True, exist_ok=True)
+                    log.info("bench sweep: round %d, %s, %s settings", round_ + 1, name, variant)
+                    with log_file.open("w") as out:
+                        start = time.perf_counter()
+                        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+                        seconds = time.perf_counter() - start
+                    row = _row(results_csv)
+                    ok = code == 0 and row.get("status") == "ok"
+                    if not ok:
+                        tail = log_file.read_text(errors="replace").splitlines()[-15:]
+                        log.error("bench sweep: %s (%s) exit %d:\n%s", name, variant, code, "\n".join(tail))
+                    runs.append(
+                        {"config": name, "variant": variant, "round": round_ + 1, "seconds": seconds, "exit": code}
+                        | {"ok": ok, **row}
+                    )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return _sweep_summary(cfg, device, variants, configs, runs, passed)
+
+
+def _sweep_summary(
+    cfg: DictConfig,
+    device: torch.device,
+    variants: dict[str, list[str]],
+    configs: list[str],
+    runs: list[dict[str, Any]],
+    passed: list[str],
+) -> dict[str, Any]:
+    def total(variant: str, name: str | None = None) -> float:
+        return sum(r["seconds"] for r in runs if r["variant"] == variant and name in (None, r["config"]))
+
+    per_config = {
+        name: {
+            "old_seconds": total("old", name) / cfg.bench.rounds,
+            "new_seconds": total("new", name) / cfg.bench.rounds,
+            "old_over_new": total("old", name) / max(total("new", name), 1e-9),
+            "precision": {
+                v: next((r.get("precision") for r in runs if r["config"] == name and r["variant"] == v), None)
+                for v in variants
+            },
+        }
+        for name in configs
+    }
+    return {
+        "mode": "sweep",
+        "configs": configs,
+        "variants": variants,
+        "overrides": passed,
+        "rounds": cfg.bench.rounds,
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "runs": runs,
+        "all_ok": all(r["ok"] for r in runs),
+        "seconds": {"old": total("old"), "new": total("new")},
+        "per_config": per_config,
+        "ratios": {"old_over_new": total("old") / max(total("new"), 1e-9)},
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def format_sweep(result: dict[str, Any]) -> str:
+    lines = [
+        f"animalcls bench (sweep): {len(result['configs'])} configurations x {result['rounds']} round(s), "
+        f"{result['device']} ({result['device_name']}); whole runs, process start to exit; "
+        f"overrides: {' '.join(result['overrides']) or '(none)'}",
+        f"old: {' '.join(result['variants']['old'])}   new: {' '.join(result['variants']['new'])}",
+        "",
+        f"{'configuration':<46} {'old s':>8} {'new s':>8} {'old/new':>8}  precision old -> new",
+        "-" * 92,
+    ]
+    for name, c in result["per_config"].items():
+        lines.append(
+            f"{name:<46} {c['old_seconds']:8.1f} {c['new_seconds']:8.1f} {c['old_over_new']:8.2f}  "
+            f"{c['precision']['old']} -> {c['precision']['new']}"
+        )
+    s = result["seconds"]
+    lines += [
+        "-" * 92,
+        f"{'all (sum over rounds)':<46} {s['old']:8.1f} {s['new']:8.1f} {result['ratios']['old_over_new']:8.2f}",
+    ]
+    if not result["all_ok"]:
+        lines.append("some runs failed: see the log above and 'runs' in the JSON")
+    return "\n".join(lines)
+
+
+def sweep_main(cfg: DictConfig, args: list[str]) -> int:
+    result = run_sweep(cfg, args)
+    result["command"] = "animalcls bench " + " ".join(args)
+    out = Path(cfg.bench.out or f"outputs/bench/sweep-{torch.device(result['device']).type}.json")
+    _write_json(out, result)
+    print(format_sweep(result))
     print(f"written: {out}")
-    return 0
+    return 0 if result["all_ok"] else 1
