@@ -120,6 +120,8 @@ def _capturable(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     steps it; the flag goes back afterwards, so a checkpoint's optimizer state loads on any device."""
     groups = [g for g in optimizer.param_groups if "capturable" in g and isinstance(optimizer, torch.optim.Adam)]
     before = [g["capturable"] for g in groups]
+    # torch warns once that capturable=True steps run uncaptured: here that is the plan (warm-up, last batch)
+    optimizer._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
     for group in groups:
         group["capturable"] = True
         for p in group["params"]:
