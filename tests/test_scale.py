@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from animalcls import results
 from animalcls.data import TensorBatches
@@ -22,8 +21,6 @@ from animalcls.distributed import Context, hydra_overrides_for_rank, with_rank_o
 from conftest import make_image_folder, run_cli, tiny_train_args
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:optuna.*")  # optuna 2.10 + SQLAlchemy 2
 
 
 def make_noise_folder(root: Path, classes: int, per_class: int) -> Path:
@@ -155,30 +152,3 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_into_one_table(tmp_path):
     assert sorted(table["lr"]) == [0.001, 0.002] and (table["status"] == "ok").all()
     assert table["run_id"].nunique() == 2
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # decoded once, shared
-
-
-# ---------------------------------------------------------------- Optuna search
-
-
-@pytest.mark.slow
-def test_optuna_search_records_every_trial_and_reuses_done_ones(tmp_path):
-    make_image_folder(tmp_path / "images")
-    search = [
-        *tiny_train_args(tmp_path / "images"),
-        "+hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweep.dir=sweep",
-    ]
-    assert run_cli(search, tmp_path) == 0
-    table = results.load(tmp_path / "outputs" / "results.csv")
-    assert len(table) == 3 and table["run_id"].nunique() == 3 and (table["status"] == "ok").all()
-    assert set(table["model"]) == {"base"}
-    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(table["val_top1"].max())
-
-    # the same seeded search again: every trial is already done, reports its recorded val top-1
-    (tmp_path / "sweep" / "optimization_results.yaml").unlink()
-    assert run_cli(search, tmp_path) == 0
-    assert len(results.load(tmp_path / "outputs" / "results.csv")) == 3
-    again = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
-    assert again["best_value"] == pytest.approx(best["best_value"])

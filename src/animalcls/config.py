@@ -367,6 +367,7 @@ def validate(cfg: DictConfig) -> None:
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")
     _choice(cfg.sched.name, SCHEDULES.names(), "sched")
+    _choice(cfg.logger.name, ("none", "tensorboard", "mlflow"), "logger")
     for ok, message in [*_rules(cfg), *_recipe_rules(cfg)]:
         if not ok:
             raise AnimalclsError(message)

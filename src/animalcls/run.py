@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls import checkpoint, distributed, results, resume
+from animalcls import checkpoint, distributed, results, resume, tracking
 from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
 from animalcls.build import (
@@ -186,7 +186,7 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
     stop = threading.Event()
     with stop_on_signals(stop):
         data = scan_data(cfg)
-        resolved = Resolved(choose_precision(cfg.amp, ctx.device, cfg.model.name), data_identity(data))
+        resolved = Resolved(choose_precision(cfg.amp, ctx.device, cfg.model.name, cfg.batch_size), data_identity(data))
         row = settings_row(cfg, resolved)
         claim = resume.Claim(cfg.results, row["run_id"], run_dir)
         try:
@@ -214,6 +214,38 @@ def _run_claimed(
     resolved: Resolved,
     row: dict[str, Any],
     epoch_hook: EpochHook | None,
+) -> dict[str, Any]:
+    """The run with its tracker (logger=...): every epoch logged, the final row whatever the status."""
+    tracker = tracking.make_tracker(cfg, run_dir) if ctx.is_main else tracking.NoTracker()
+
+    def hook(epoch: int, history_row: dict[str, Any]) -> None:
+        tracker.log_epoch(epoch, history_row)
+        if epoch_hook is not None:
+            epoch_hook(epoch, history_row)
+
+    try:
+        result = _run_and_record(cfg, run_dir, ctx, stop, data, resolved, row, hook)
+    except AnimalclsError:  # bad input found late: no row, nothing to track
+        raise
+    except Exception:
+        tracker.finish(row, run_dir)  # the failed row
+        raise
+    else:
+        tracker.finish(result, run_dir)
+        return result
+    finally:
+        tracker.close()
+
+
+def _run_and_record(
+    cfg: DictConfig,
+    run_dir: Path,
+    ctx: distributed.Context,
+    stop: threading.Event,
+    data: Any,
+    resolved: Resolved,
+    row: dict[str, Any],
+    epoch_hook: EpochHook,
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
@@ -355,7 +387,7 @@ def _train_and_test(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns the row's outcome columns and the details metrics.json adds to them."""
     device = ctx.device
-    precision = choose_precision(cfg.amp, device, cfg.model.name)
+    precision = choose_precision(cfg.amp, device, cfg.model.name, cfg.batch_size)
     channels_last = choose_channels_last(cfg.channels_last)
     # torch's stubs list device and memory_format in separate overloads; Module.to takes both at once
     model = model.to(  # type: ignore[call-overload]
@@ -434,7 +466,15 @@ def _train_and_test(
         weights.load_state_dict(checkpoint.read(run_dir / "best.pt")["model"])
     ctx.broadcast_module(weights)  # the other ranks test rank 0's weights too
     test_metrics, logits, targets = evaluate(
-        weights, test, eval_aug, criterion, settings, keep_outputs=True, reduce=reduce, tta=recipe.tta
+        weights,
+        test,
+        eval_aug,
+        criterion,
+        settings,
+        keep_outputs=True,
+        reduce=reduce,
+        tta=recipe.tta,
+        graphs=recipe.graphs,
     )
     all_logits, all_targets = ctx.gather_shards(logits), ctx.gather_shards(targets)  # None on ranks > 0
     if ctx.is_main:

@@ -164,7 +164,7 @@ def load_members(
             )
         classes = its_classes
         cfg = overlay(run_cfg, given, keys)
-        precision = choose_precision(cfg.get("amp", "auto"), device, cfg.model.name)
+        precision = choose_precision(cfg.get("amp", "auto"), device, cfg.model.name, cfg.batch_size)  # as the run chose
         members.append(
             Member(
                 path,
