@@ -15,7 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from animalcls.errors import AnimalclsError
-from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES
+from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, TRACKERS
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -367,7 +367,7 @@ def validate(cfg: DictConfig) -> None:
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")
     _choice(cfg.sched.name, SCHEDULES.names(), "sched")
-    _choice(cfg.logger.name, ("none", "tensorboard", "mlflow"), "logger")
+    _choice(cfg.logger.name, TRACKERS, "logger")
     for ok, message in [*_rules(cfg), *_recipe_rules(cfg)]:
         if not ok:
             raise AnimalclsError(message)

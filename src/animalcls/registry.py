@@ -229,6 +229,11 @@ SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay))
 SCHEDULES.add("onecycle", ScheduleSpec("onecycle", "one cycle", schedule.onecycle))
 
 
+# ---------------------------------------------------------------- experiment trackers (animalcls.tracking)
+
+TRACKERS = ("none", "tensorboard", "mlflow")
+
+
 def display_name(kind: str, name: Any) -> str:
     """The display name of a registered choice, or the name itself (e.g. from an old table)."""
     registries: dict[str, Registry[Any]] = {

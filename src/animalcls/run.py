@@ -53,13 +53,20 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------- signals
 
 
+class StopRequest(threading.Event):
+    """Set by Ctrl-C or SIGTERM; remembers which, for the log."""
+
+    signal_name = ""
+
+
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: StopRequest) -> Iterator[None]:
     """Ctrl-C and SIGTERM set `stop`; decoding and training end at the next image or batch, and
-    the run records itself."""
+    the run records itself. The handler does not log: logging from a signal handler can re-enter
+    a stream that is being written and print a traceback of its own."""
 
     def handler(signum: int, _frame: Any) -> None:
-        log.warning("received %s: stopping after this step", signal.Signals(signum).name)
+        stop.signal_name = signal.Signals(signum).name
         stop.set()
 
     if threading.current_thread() is not threading.main_thread():
@@ -183,7 +190,7 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
     run_dir = Path(ctx.from_main(lambda: str(run_dir)))  # every rank agrees on rank 0's run dir
     if ctx.is_main:
         results.check_writable(cfg.results)
-    stop = threading.Event()
+    stop = StopRequest()
     with stop_on_signals(stop):
         data = scan_data(cfg)
         resolved = Resolved(choose_precision(cfg.amp, ctx.device, cfg.model.name, cfg.batch_size), data_identity(data))
@@ -252,7 +259,7 @@ def _run_and_record(
     model = build_model(cfg, len(data.classes))  # before decoding: missing weights fail fast
     if ctx.is_main:
         row.update(_profile(model, cfg.aug.crop))
-    progress = {"epochs_done": 0}
+    progress: dict[str, Any] = {"epochs_done": 0, "history": []}
     try:
         prepared = prepare_data(cfg, data, should_stop=stop.is_set)
         row["skipped_files"] = len(prepared.skipped)
@@ -281,14 +288,15 @@ def _run_and_record(
         outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress, epoch_hook)
     except Pruned:
         log.info("pruned after epoch %d by the search", progress["epochs_done"])
-        row.update(status="pruned", epochs_done=progress["epochs_done"])
+        row.update(status="pruned", **_pruned_outcome(progress["history"]))
         if ctx.is_main:
             record(cfg, run_dir, row)
             resume.remove_pointer(cfg.results, row["run_id"])
         return row
     except Interrupted:
         log.warning(
-            "interrupted: the state of the last complete epoch is in %s; run the same command again to resume",
+            "interrupted (%s): the state of the last complete epoch is in %s; run the same command again to resume",
+            getattr(stop, "signal_name", "") or "stop",
             run_dir / "last.pt",
         )
         row.update(status="interrupted", epochs_done=progress["epochs_done"])
@@ -309,6 +317,20 @@ def _run_and_record(
     if ctx.is_main:
         _finish(cfg, run_dir, row, details)
     return row
+
+
+def _pruned_outcome(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """A pruned run's columns: its epochs and its best epoch's validation accuracy so far (the
+    search saw these); it was never tested."""
+    if not history:
+        return {"epochs_done": 0}
+    best = max(history, key=lambda h: h["val_top1"])
+    return {
+        "epochs_done": len(history),
+        **{f"val_top{k}": round(best[f"val_top{k}"], 2) for k in (1, 3, 5)},
+        "train_seconds": round(sum(h["seconds"] for h in history), 2),
+        "images_per_s": round(sum(h["images_per_s"] for h in history) / len(history), 1),
+    }
 
 
 def _leave_pointer(cfg: DictConfig, pointer: resume.Pointer) -> None:
@@ -382,7 +404,7 @@ def _train_and_test(
     stop: threading.Event,
     state: dict[str, Any] | None,
     meta: dict[str, Any],
-    progress: dict[str, int],
+    progress: dict[str, Any],
     epoch_hook: EpochHook | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns the row's outcome columns and the details metrics.json adds to them."""
@@ -439,7 +461,7 @@ def _train_and_test(
         if is_best:
             checkpoint.write(run_dir / "best.pt", {"model": weights.state_dict(), "epoch": epoch, "meta": meta})
         write_history(run_dir, hist)
-        progress["epochs_done"] = epoch
+        progress["epochs_done"], progress["history"] = epoch, hist
         if epoch_hook is not None:
             epoch_hook(epoch, hist[-1])
 

@@ -39,6 +39,7 @@ from omegaconf import DictConfig
 
 from animalcls.errors import AnimalclsError
 from animalcls.record import data_label
+from animalcls.registry import TRACKERS
 
 log = logging.getLogger(__name__)
 
@@ -341,9 +342,6 @@ def small_files(run_dir: Path) -> list[Path]:
         if path.stat().st_size <= MAX_ARTIFACT_BYTES:
             found.append(path)
     return found
-
-
-TRACKERS = ("none", "tensorboard", "mlflow")
 
 
 def check_name(name: str) -> None:
