@@ -35,7 +35,6 @@ import os
 import random
 import re
 import shlex
-import signal
 import socket
 import threading
 import time
@@ -52,6 +51,7 @@ from animalcls.atomic import write_text_atomic
 from animalcls.commands import given_keys, parse_overrides, split_options
 from animalcls.config import GROUPS, compose, group_options, validate
 from animalcls.errors import AnimalclsError, Interrupted, Pruned
+from animalcls.run import StopRequest, run_training, stop_on_signals
 
 if TYPE_CHECKING:
     import optuna
@@ -439,28 +439,6 @@ def taken(study: optuna.Study, below: int | None = None) -> int:
 
 
 @contextmanager
-def stop_between_trials(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C / SIGTERM between runs: no new trial starts. (During a run, run.py's own handlers
-    stop the run at the next batch and record it as interrupted.)"""
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.warning(
-            "received %s: stopping (run the same command again to continue the study)", signal.Signals(signum).name
-        )
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextmanager
 def train_log(run_dir: Path) -> Iterator[None]:
     """The run's log lines, also in <run dir>/train.log (as `animalcls train` leaves one)."""
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
@@ -546,8 +524,6 @@ class Objective:
         return value
 
     def _run(self, trial: optuna.Trial, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
-        from animalcls.run import run_training
-
         def epoch_hook(epoch: int, row: dict[str, Any]) -> None:
             value = _number(row.get("val_top1"))
             if value is None:
@@ -593,7 +569,6 @@ def main(args: list[str]) -> int:
     options = checked_options(given)
     cfg = compose(base)
     validate(cfg)
-    _require_epoch_hook()
     try:
         import optuna
     except ImportError as exc:
@@ -619,15 +594,6 @@ def main(args: list[str]) -> int:
     pruner = make_pruner(options["pruner"], int(cfg.epochs))
     study = open_study(storage, name, options, identity, sampler, pruner)
     return optimize(study, storage, url, base, space, options, tune_dir / name)
-
-
-def _require_epoch_hook() -> None:
-    import inspect
-
-    from animalcls.run import run_training
-
-    if "epoch_hook" not in inspect.signature(run_training).parameters:
-        raise AnimalclsError("this animalcls's run_training takes no epoch_hook yet: tune cannot report or prune.")
 
 
 def _check_space_values(base: list[str], space: Mapping[str, Any]) -> None:
@@ -657,7 +623,7 @@ def optimize(
     fail_dead_trials(study, storage)
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # other hosts' trials, past the heartbeat's grace period
-    stop = threading.Event()
+    stop = StopRequest()  # Ctrl-C / SIGTERM between runs: no new trial starts
     failures: list[int] = []
     started = time.perf_counter()
 
@@ -676,7 +642,7 @@ def optimize(
         log.info("study %s (%s): %d of %d trials finished", study.study_name, shown(url), already, n_trials)
         counting = MaxTrialsCallback(n_trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
         try:
-            with stop_between_trials(stop), _quiet_experimental(), _quiet_failures(objective.quiet):
+            with stop_on_signals(stop), _quiet_experimental(), _quiet_failures(objective.quiet):
                 study.optimize(
                     objective,
                     timeout=options["timeout"],
