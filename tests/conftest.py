@@ -40,7 +40,20 @@ def run_cli(args: list[str], cwd: Path) -> int:
     finally:
         os.chdir(old)
         GlobalHydra.instance().clear()
+        _retire_joblib_workers()
     return 0
+
+
+def _retire_joblib_workers() -> None:
+    """joblib's loky workers outlive a sweep and keep the working directory they were started in;
+    the next test's sweep would run its jobs in the previous test's folder. A user's process runs
+    one sweep from one folder, so this is the tests' problem only."""
+    import sys
+
+    if "joblib" in sys.modules:
+        from joblib.externals.loky import get_reusable_executor
+
+        get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
 @pytest.fixture
