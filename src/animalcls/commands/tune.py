@@ -281,6 +281,21 @@ def open_storage(url: str, study: str, resume_only: bool) -> optuna.storages.RDB
     raise AssertionError("not reached")
 
 
+@contextmanager
+def _opening(url: str) -> Iterator[None]:
+    """Processes that start together on one SQLite study take turns creating its tables and the
+    study (SQLite raises more than one kind of error when two do it at once); other RDBs
+    serialise that themselves."""
+    db = sqlite_file(url)
+    if db is None or not db.parent.is_dir():
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(str(db) + ".lock", timeout=120):
+        yield
+
+
 def open_study(
     storage: optuna.storages.RDBStorage,
     name: str,
@@ -588,11 +603,12 @@ def main(args: list[str]) -> int:
     url = options["storage"] or default_storage(tune_dir, name)
     if not options["storage"] and not options["resume_only"]:
         tune_dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(url, name, options["resume_only"])
     identity = {"overrides": sorted(base), "space": options["space"], "searched": sorted(space)}
     sampler = make_sampler(options["sampler"], options["sampler_seed"], options["n_trials"])
     pruner = make_pruner(options["pruner"], int(cfg.epochs))
-    study = open_study(storage, name, options, identity, sampler, pruner)
+    with _opening(url):
+        storage = open_storage(url, name, options["resume_only"])
+        study = open_study(storage, name, options, identity, sampler, pruner)
     return optimize(study, storage, url, base, space, options, tune_dir / name)
 
 
