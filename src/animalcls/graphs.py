@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -200,19 +200,7 @@ class _TrainGraph:
         with _capturable(self.optimizer):
             if side_stream:
                 self.stream.wait_stream(current)
-                with torch.cuda.stream(self.stream):
-                    out = recipe_step(
-                        self.model,
-                        self.augment(images),
-                        labels,
-                        self.criterion,
-                        self.optimizer,
-                        self.settings,
-                        None,
-                        recipe,
-                    )
-                current.wait_stream(self.stream)
-            else:
+            with torch.cuda.stream(self.stream) if side_stream else nullcontext():
                 out = recipe_step(
                     self.model,
                     self.augment(images),
@@ -223,6 +211,8 @@ class _TrainGraph:
                     None,
                     recipe,
                 )
+            if side_stream:
+                current.wait_stream(self.stream)
         for param, grad in self.grads:  # the graph's optimizer step reads these, not the eager step's
             param.grad = grad
         return out

@@ -16,6 +16,7 @@ every existing id.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -190,17 +191,12 @@ def _recipe_values(cfg: DictConfig) -> dict[str, Any]:
     return values
 
 
+@functools.cache
 def _paper_recipe_values() -> dict[str, Any]:
     """The schema's defaults: the paper's recipe (conf/recipe/paper.yaml changes none of them)."""
-    global _PAPER_VALUES
-    if _PAPER_VALUES is None:
-        schema = OmegaConf.structured(Config)
-        assert isinstance(schema, DictConfig)
-        _PAPER_VALUES = _recipe_values(schema)
-    return _PAPER_VALUES
-
-
-_PAPER_VALUES: dict[str, Any] | None = None
+    schema = OmegaConf.structured(Config)
+    assert isinstance(schema, DictConfig)
+    return _recipe_values(schema)
 
 
 def recipe_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -86,7 +86,13 @@ class _Records:
             yield fields, offsets[reader.line_num - 1]
 
 
-def _header(path: Path, fields: list[str]) -> list[str]:
+def _header(path: Path, fields: list[str] | None) -> list[str]:
+    """The table's header, or TableError when its first record is not one."""
+    if fields is None or not any(f.strip() for f in fields):
+        raise TableError(
+            f"{path} has no header line; it is not an animalcls results table. "
+            f"Move it aside or pass results=ANOTHER.csv."
+        )
     if "run_id" not in fields or "status" not in fields:
         raise TableError(
             f"{path} is not an animalcls results table (its first line has no run_id and "
@@ -99,14 +105,9 @@ def _parse(path: Path, text: str) -> tuple[list[str], list[list[str]], int, list
     """(header, intact records, end offset of the last intact record, line numbers of bad ones)."""
     records = iter(_Records(text))
     first = next(records, None)
-    if first is None or not any(f.strip() for f in first[0]):
-        raise TableError(
-            f"{path} has no header line; it is not an animalcls results table. "
-            f"Move it aside or pass results=ANOTHER.csv."
-        )
-    header = _header(path, first[0])
+    header = _header(path, None if first is None else first[0])
     width, status = len(header), header.index("status")
-    kept, bad, end = [], [], first[1]
+    kept, bad, end = [], [], 0 if first is None else first[1]
     for number, (fields, offset) in enumerate(records, start=2):
         if len(fields) == width and fields[status] in STATUSES:
             kept.append(fields)
@@ -224,11 +225,19 @@ def check_writable(path: str | os.PathLike[str]) -> None:
         if path.exists():
             with open(path, "ab"):
                 pass
-            load(path, warn=False)  # a table that is not one fails here, before training
+            _check_header(path)  # a file that is not a table fails here, before training
     except OSError as exc:
         raise TableError(
             f"the results table {path} is not writable ({exc.strerror or exc}); pass results=A/WRITABLE/PATH.csv."
         ) from None
+
+
+def _check_header(path: Path) -> None:
+    """Its first record only: the whole table is parsed once, by the skip check that follows."""
+    if path.stat().st_size == 0:
+        return  # the first append writes the header
+    with open(path, encoding="utf-8", errors="replace", newline="") as file:
+        _header(path, next(csv.reader(file), None))
 
 
 # ---------------------------------------------------------------- reading
