@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from animalcls import results, schedule
 from animalcls.build import build_optimizer, build_recipe, create_model
-from animalcls.config import compose
+from animalcls.config import compose, validate
 from animalcls.ema import ModelEma
 from animalcls.engine import Recipe, StepSettings, fit
 from animalcls.finetune import Freezer, parameter_groups
@@ -252,6 +252,21 @@ def test_recipes_compose_and_say_why(tmp_path):
         text = (Path(__file__).resolve().parents[1] / "conf" / "recipe" / f"{recipe}.yaml").read_text()
         assert text.count("#") >= 3
     assert OmegaConf.to_container(compose(["recipe=scratch"]).sched)["name"] == "cosine"
+
+
+def test_every_recipe_passes_validation_with_every_model():
+    """A recipe is for the base CNN and the torchvision models alike: its cache must fit each
+    model's crop (scratch once cached 128 px squares, which a 224 px model refused)."""
+    from animalcls.registry import MODELS
+
+    for recipe in ("paper", "scratch", "finetune"):
+        pretrained = recipe == "finetune"  # fine-tuning refuses a model without ImageNet weights
+        for model in MODELS:
+            if pretrained and model == "base":
+                continue
+            cfg = compose([f"recipe={recipe}", f"model={model}", f"model.pretrained={str(pretrained).lower()}"])
+            validate(cfg)
+            assert cfg.aug.cache_size in (0, cfg.aug.resize), (recipe, model)
 
 
 @pytest.mark.parametrize(
