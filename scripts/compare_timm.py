@@ -5,7 +5,8 @@
         --timm-repo path/to/pytorch-image-models --epochs 10 --size 128 112 --out outputs/timm-compare
 
 1. Runs `animalcls train model=resnet18 model.pretrained=false recipe=scratch` (AdamW, cosine with
-   a 1-epoch warm-up, label smoothing 0.1, flip, random-resized crop 0.6-1) and times the process.
+   a 1-epoch warm-up, label smoothing 0.1, flip, random-resized crop 0.6-1, weight EMA 0.998) and
+   times the process.
 2. Writes that run's split (its split.csv) out as train/validation/test folders of symlinks.
 3. Runs timm's train.py with the same recipe on those folders (best checkpoint by validation
    top-1, as animalcls' test_on=best), then timm's validate.py on the test folder; times both.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-RECIPE = {"lr": 1e-3, "weight_decay": 0.02, "batch_size": 32, "smoothing": 0.1, "scale": (0.6, 1.0)}
+RECIPE = {"lr": 1e-3, "weight_decay": 0.02, "batch_size": 32, "smoothing": 0.1, "scale": (0.6, 1.0), "ema": 0.998}
 
 
 def timed(command: list[str], log: Path) -> float:
@@ -62,7 +63,7 @@ def run_animalcls(args: argparse.Namespace, out: Path) -> dict:
         f"aug.resize={resize}",
         f"aug.crop={crop}",
         f"results={table}",
-        f"hydra.run.dir={out / 'animalcls'}",
+        f"hydra.run.dir={out / time.strftime('animalcls-%Y%m%d-%H%M%S')}",  # a fresh run dir each time
         "tags=[timm-compare]",
         "force=true",
     ]
@@ -102,6 +103,7 @@ def run_timm(args: argparse.Namespace, folders: Path, classes: int, out: Path) -
     train += ["--sched", "cosine", "--sched-on-updates", "--warmup-epochs", "1", "--min-lr", "0"]
     train += ["--smoothing", str(RECIPE["smoothing"]), "--scale", *map(str, RECIPE["scale"])]
     train += ["--hflip", "0.5", "--color-jitter", "0", "--no-prefetcher", "--checkpoint-hist", "1"]
+    train += ["--model-ema", "--model-ema-decay", str(RECIPE["ema"]), "--model-ema-warmup"]
     train += ["--output", str(out / "timm"), "--experiment", "run", "--log-interval", "1000"]
     shutil.rmtree(out / "timm" / "run", ignore_errors=True)
     train_s = timed(train, out / "timm-train.log")
@@ -109,7 +111,7 @@ def run_timm(args: argparse.Namespace, folders: Path, classes: int, out: Path) -
     results = out / "timm-test.json"
     validate = [sys.executable, str(repo / "validate.py"), "--data-dir", str(folders), "--split", "test", *shared]
     validate += ["--checkpoint", str(out / "timm" / "run" / "model_best.pth.tar"), "--results-file", str(results)]
-    validate += ["--results-format", "json"]
+    validate += ["--results-format", "json", "--use-ema"]  # the EMA weights, as train.py picked the best by
     test_s = timed(validate, out / "timm-test.log")
     tested = json.loads(results.read_text())
     tested = tested[0] if isinstance(tested, list) else tested
