@@ -4,10 +4,10 @@
     python scripts/compare_timm.py --data ../shared/datasets/caltech101-animals \\
         --timm-repo path/to/pytorch-image-models --epochs 10 --size 128 112 --out outputs/timm-compare
 
-1. Runs `animalcls train model=resnet18 model.pretrained=false recipe=scratch` from a cold decode
-   cache (so its one decode is in its time, as timm's per-epoch decoding is in timm's) (AdamW, cosine with
+1. Runs `animalcls train model=resnet18 model.pretrained=false recipe=scratch` (AdamW, cosine with
    a 1-epoch warm-up, label smoothing 0.1, flip, random-resized crop 0.6-1, weight EMA 0.998) and
-   times the process.
+   times the process. Its decode cache starts cold, so its one decode is in its time, as timm's
+   decoding every epoch is in timm's.
 2. Writes that run's split (its split.csv) out as train/validation/test folders of symlinks.
 3. Runs timm's train.py with the same recipe on those folders (best checkpoint by validation
    top-1, as animalcls' test_on=best), then timm's validate.py on the test folder; times both.
@@ -66,6 +66,7 @@ def run_animalcls(args: argparse.Namespace, out: Path) -> dict:
         f"results={table}",
         f"hydra.run.dir={out / stamp}",  # a fresh run dir each time
         f"data.cache_dir={out / stamp / 'cache'}",  # a cold cache: the decode counts, as on a first run
+        f"workers={args.workers}",  # the same number of decode workers as timm's loader
         "tags=[timm-compare]",
         "force=true",
     ]
