@@ -45,15 +45,13 @@ def timed(command: list[str], log: Path) -> float:
     return seconds
 
 
-def animalcls_command() -> list[str]:
-    found = shutil.which("animalcls")
-    return [found] if found else [sys.executable, "-m", "animalcls"]
-
-
 def run_animalcls(args: argparse.Namespace, out: Path) -> dict:
     resize, crop = args.size
     table, stamp = out / "results.csv", time.strftime("animalcls-%Y%m%d-%H%M%S")
-    command = animalcls_command() + [
+    command = [  # the interpreter timm's scripts run on too
+        sys.executable,
+        "-m",
+        "animalcls",
         "train",
         "model=resnet18",
         "model.pretrained=false",

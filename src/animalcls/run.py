@@ -216,7 +216,7 @@ def _run_claimed(
     cfg: DictConfig,
     run_dir: Path,
     ctx: distributed.Context,
-    stop: threading.Event,
+    stop: StopRequest,
     data: Any,
     resolved: Resolved,
     row: dict[str, Any],
@@ -248,7 +248,7 @@ def _run_and_record(
     cfg: DictConfig,
     run_dir: Path,
     ctx: distributed.Context,
-    stop: threading.Event,
+    stop: StopRequest,
     data: Any,
     resolved: Resolved,
     row: dict[str, Any],
@@ -296,7 +296,7 @@ def _run_and_record(
     except Interrupted:
         log.warning(
             "interrupted (%s): the state of the last complete epoch is in %s; run the same command again to resume",
-            getattr(stop, "signal_name", "") or "stop",
+            stop.signal_name or "stop",
             run_dir / "last.pt",
         )
         row.update(status="interrupted", epochs_done=progress["epochs_done"])
