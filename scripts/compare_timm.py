@@ -4,13 +4,14 @@
     python scripts/compare_timm.py --data ../shared/datasets/caltech101-animals \\
         --timm-repo path/to/pytorch-image-models --epochs 10 --size 128 112 --out outputs/timm-compare
 
-1. Runs `animalcls train model=resnet18 model.pretrained=false recipe=scratch` (AdamW, cosine with
-   a 1-epoch warm-up, label smoothing 0.1, flip, random-resized crop 0.6-1, weight EMA 0.998) and
-   times the process. Its decode cache starts cold, so its one decode is in its time, as timm's
-   decoding every epoch is in timm's.
+1. Runs `animalcls train model=resnet18 model.pretrained=false recipe=scratch tta=false` and times
+   the process. Its decode cache starts cold, so its one decode is in its time, as timm's
+   decoding every epoch is in timm's. (Flip TTA is off: timm's validate.py has no such option.)
 2. Writes that run's split (its split.csv) out as train/validation/test folders of symlinks.
 3. Runs timm's train.py with the same recipe on those folders (best checkpoint by validation
    top-1, as animalcls' test_on=best), then timm's validate.py on the test folder; times both.
+   The recipe's numbers (lr, weight decay, batch, warm-up, smoothing, crop, flip, EMA) are read
+   from the config animalcls composes, so the two sides cannot drift apart.
 4. Prints test top-1 and wall time side by side and writes them to OUT/compare.json.
 
 Both sides read the same images, at the same size (resize R, crop C), on the same machine, one
@@ -30,7 +31,45 @@ from pathlib import Path
 
 import pandas as pd
 
-RECIPE = {"lr": 1e-3, "weight_decay": 0.02, "batch_size": 32, "smoothing": 0.1, "scale": (0.6, 1.0), "ema": 0.998}
+RECIPE_ARGS = ["model=resnet18", "model.pretrained=false", "recipe=scratch", "tta=false"]
+
+
+def recipe_values(args: argparse.Namespace) -> dict:
+    """The scratch recipe's numbers for resnet18, as `animalcls train` composes them."""
+    from animalcls.config import compose
+
+    resize, crop = args.size
+    cfg = compose([*RECIPE_ARGS, f"aug.resize={resize}", f"aug.crop={crop}"])
+    if (cfg.optim.name, cfg.sched.name) != ("adamw", "cosine"):
+        sys.exit(f"compare_timm maps AdamW with a cosine schedule only, not {cfg.optim.name} with {cfg.sched.name}")
+    if cfg.sched.warmup_steps or cfg.sched.warmup_epochs != int(cfg.sched.warmup_epochs):
+        sys.exit("compare_timm needs a warm-up of whole epochs (timm's --warmup-epochs is an integer)")
+    return {
+        "lr": cfg.lr,
+        "weight_decay": cfg.optim.weight_decay,
+        "batch_size": cfg.batch_size,
+        "warmup_epochs": int(cfg.sched.warmup_epochs),
+        "min_lr": cfg.lr * cfg.sched.min_lr_ratio,
+        "smoothing": cfg.loss.label_smoothing,
+        "scale": list(cfg.aug.rrc_scale),
+        "ratio": list(cfg.aug.rrc_ratio),
+        "hflip": cfg.aug.hflip,
+        "ema": cfg.ema.decay,
+    }
+
+
+def timm_recipe_flags(recipe: dict) -> list[str]:
+    """train.py's flags for the recipe. A crop of scale 1 is animalcls' centre square, which timm
+    gives for scale 1 with ratio 1 (the whole-image crop does not fit, so it falls back to the centre)."""
+    ratio = recipe["ratio"] if recipe["scale"] != [1.0, 1.0] else [1.0, 1.0]
+    flags = ["--opt", "adamw", "--lr", str(recipe["lr"]), "--weight-decay", str(recipe["weight_decay"])]
+    flags += ["-b", str(recipe["batch_size"]), "--sched", "cosine", "--sched-on-updates"]
+    flags += ["--warmup-epochs", str(recipe["warmup_epochs"]), "--min-lr", str(recipe["min_lr"])]
+    flags += ["--smoothing", str(recipe["smoothing"]), "--scale", *map(str, recipe["scale"])]
+    flags += ["--ratio", *map(str, ratio), "--hflip", str(recipe["hflip"]), "--color-jitter", "0"]
+    if recipe["ema"] > 0:
+        flags += ["--model-ema", "--model-ema-decay", str(recipe["ema"]), "--model-ema-warmup"]
+    return flags
 
 
 def timed(command: list[str], log: Path) -> float:
@@ -53,9 +92,7 @@ def run_animalcls(args: argparse.Namespace, out: Path) -> dict:
         "-m",
         "animalcls",
         "train",
-        "model=resnet18",
-        "model.pretrained=false",
-        "recipe=scratch",
+        *RECIPE_ARGS,
         f"epochs={args.epochs}",
         f"seed={args.seed}",
         f"data.root={Path(args.data).resolve()}",
@@ -91,7 +128,7 @@ def write_split_folders(data: Path, split_csv: Path, out: Path) -> dict[str, int
     return {names[key]: int(count) for key, count in split["split"].value_counts().items()}
 
 
-def run_timm(args: argparse.Namespace, folders: Path, classes: int, out: Path) -> dict:
+def run_timm(args: argparse.Namespace, recipe: dict, folders: Path, classes: int, out: Path) -> dict:
     resize, crop = args.size
     repo = Path(args.timm_repo)
     shared = ["--model", "resnet18", "--num-classes", str(classes), "--img-size", str(crop)]
@@ -99,12 +136,7 @@ def run_timm(args: argparse.Namespace, folders: Path, classes: int, out: Path) -
     shared += ["--device", "cpu", "--workers", str(args.workers)]
     train = [sys.executable, str(repo / "train.py"), "--data-dir", str(folders), *shared]
     train += ["--train-split", "train", "--val-split", "validation", "--epochs", str(args.epochs)]
-    train += ["--seed", str(args.seed), "--opt", "adamw", "--lr", str(RECIPE["lr"])]
-    train += ["--weight-decay", str(RECIPE["weight_decay"]), "-b", str(RECIPE["batch_size"])]
-    train += ["--sched", "cosine", "--sched-on-updates", "--warmup-epochs", "1", "--min-lr", "0"]
-    train += ["--smoothing", str(RECIPE["smoothing"]), "--scale", *map(str, RECIPE["scale"])]
-    train += ["--hflip", "0.5", "--color-jitter", "0", "--no-prefetcher", "--checkpoint-hist", "1"]
-    train += ["--model-ema", "--model-ema-decay", str(RECIPE["ema"]), "--model-ema-warmup"]
+    train += ["--seed", str(args.seed), *timm_recipe_flags(recipe), "--no-prefetcher", "--checkpoint-hist", "1"]
     train += ["--output", str(out / "timm"), "--experiment", "run", "--log-interval", "1000"]
     shutil.rmtree(out / "timm" / "run", ignore_errors=True)
     train_s = timed(train, out / "timm-train.log")
@@ -112,7 +144,8 @@ def run_timm(args: argparse.Namespace, folders: Path, classes: int, out: Path) -
     results = out / "timm-test.json"
     validate = [sys.executable, str(repo / "validate.py"), "--data-dir", str(folders), "--split", "test", *shared]
     validate += ["--checkpoint", str(out / "timm" / "run" / "model_best.pth.tar"), "--results-file", str(results)]
-    validate += ["--results-format", "json", "--use-ema"]  # the EMA weights, as train.py picked the best by
+    # the EMA weights when there are some, as train.py then picked the best checkpoint by them
+    validate += ["--results-format", "json", *(["--use-ema"] if recipe["ema"] > 0 else [])]
     test_s = timed(validate, out / "timm-test.log")
     tested = json.loads(results.read_text())
     tested = tested[0] if isinstance(tested, list) else tested
@@ -136,13 +169,14 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    recipe = recipe_values(args)
     ours = run_animalcls(args, out)
     counts = write_split_folders(Path(args.data), Path(ours["run_dir"]) / "split.csv", out / "split")
     classes = len(list((out / "split" / "train").iterdir()))
-    theirs = run_timm(args, out / "split", classes, out)
+    theirs = run_timm(args, recipe, out / "split", classes, out)
 
     report = {"epochs": args.epochs, "seed": args.seed, "size": list(args.size), "split": counts}
-    report |= {"recipe": RECIPE, "animalcls": ours, "timm": theirs}
+    report |= {"recipe": recipe, "animalcls": ours, "timm": theirs}
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresnet18 from scratch, {args.epochs} epochs, seed {args.seed}, {args.size[1]} px, split {counts}")
     print(f"{'':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
