@@ -176,7 +176,7 @@ def main() -> None:
     theirs = run_timm(args, recipe, out / "split", classes, out)
 
     report = {"epochs": args.epochs, "seed": args.seed, "size": list(args.size), "split": counts}
-    report |= {"recipe": recipe, "animalcls": ours, "timm": theirs}
+    report |= {"recipe": recipe, "timm_flags": timm_recipe_flags(recipe), "animalcls": ours, "timm": theirs}
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresnet18 from scratch, {args.epochs} epochs, seed {args.seed}, {args.size[1]} px, split {counts}")
     print(f"{'':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
