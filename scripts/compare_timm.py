@@ -136,7 +136,8 @@ def run_timm(args: argparse.Namespace, recipe: dict, folders: Path, classes: int
     shared += ["--device", "cpu", "--workers", str(args.workers)]
     train = [sys.executable, str(repo / "train.py"), "--data-dir", str(folders), *shared]
     train += ["--train-split", "train", "--val-split", "validation", "--epochs", str(args.epochs)]
-    train += ["--seed", str(args.seed), *timm_recipe_flags(recipe), "--no-prefetcher", "--checkpoint-hist", "1"]
+    flags = timm_recipe_flags(recipe)
+    train += ["--seed", str(args.seed), *flags, "--no-prefetcher", "--checkpoint-hist", "1"]
     train += ["--output", str(out / "timm"), "--experiment", "run", "--log-interval", "1000"]
     shutil.rmtree(out / "timm" / "run", ignore_errors=True)
     train_s = timed(train, out / "timm-train.log")
@@ -153,6 +154,7 @@ def run_timm(args: argparse.Namespace, recipe: dict, folders: Path, classes: int
         "test_top1": float(tested["top1"]),
         "val_top1": float(summary["eval_top1"].max()),
         "wall_s": train_s + test_s,
+        "recipe_flags": flags,
     }
 
 
@@ -176,7 +178,7 @@ def main() -> None:
     theirs = run_timm(args, recipe, out / "split", classes, out)
 
     report = {"epochs": args.epochs, "seed": args.seed, "size": list(args.size), "split": counts}
-    report |= {"recipe": recipe, "timm_flags": timm_recipe_flags(recipe), "animalcls": ours, "timm": theirs}
+    report |= {"recipe": recipe, "animalcls": ours, "timm": theirs}
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresnet18 from scratch, {args.epochs} epochs, seed {args.seed}, {args.size[1]} px, split {counts}")
     print(f"{'':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
