@@ -1,8 +1,10 @@
 """Atomic file writes: a reader sees the old file or the new one, never a torn one.
 
-Write a temp file beside the target, fsync it, rename it over the target, fsync the folder. On
-any failure (a full disk, a read-only folder) the temp file is removed and the OSError raised, so
-nothing half-written is left behind and the previous file is untouched.
+Write a temp file beside the target, fsync it, rename it over the target, fsync the folder. A
+symlink is written through: the rename lands on the link's target, so the link stays a link (a
+shared results table is often one). On any failure (a full disk, a read-only folder) the temp
+file is removed and the OSError raised, so nothing half-written is left behind and the previous
+file is untouched.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """`write(file)` into a temp file (what it returns is ignored), then make it `path` in one rename."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as file:
@@ -43,8 +45,12 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     _fsync_dir(path.parent)
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    write_atomic(path, lambda file: file.write(data))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda file: file.write(text.encode("utf-8")))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def torch_save_atomic(obj: object, path: Path) -> None:

@@ -32,6 +32,9 @@ from animalcls.config import Config
 
 RECORD_VERSION = 2
 RECORD_FILE = "record.json"  # the run's record in its run dir: the truth the table indexes
+# Which table a record was appended to (record.json only, not table columns): as written, and
+# relative to the run dir so that a copied or moved project still finds its own table.
+TABLE_KEYS = ("results_table", "results_table_relative")
 
 COLUMNS = [
     "run_id",
@@ -296,10 +299,15 @@ def _plain(value: Any) -> str:
     return "[" + ",".join(f"{v:g}" for v in value) + "]" if isinstance(value, list) else str(value)
 
 
-def write_record(run_dir: Path, row: Mapping[str, Any]) -> Path:
-    """The run's record, written atomically (temp file, fsync, rename) into its run dir."""
+def write_record(run_dir: Path, row: Mapping[str, Any], table: str | os.PathLike[str] | None = None) -> Path:
+    """The run's record, written atomically (temp file, fsync, rename) into its run dir, naming
+    the results table it is appended to (so a rebuild takes only its own table's runs)."""
     path = run_dir / RECORD_FILE
-    write_text_atomic(path, json.dumps(dict(row), indent=2, default=str))
+    record = dict(row)
+    if table is not None:
+        target = os.path.realpath(table)
+        record.update(results_table=target, results_table_relative=os.path.relpath(target, os.path.realpath(run_dir)))
+    write_text_atomic(path, json.dumps(record, indent=2, default=str))
     return path
 
 

@@ -1,8 +1,11 @@
 """`animalcls results rebuild`: rewrite the results table from the run dirs' records.
 
-The table is an index; each run's `record.json` is the truth. Rebuild after a crash, a full disk
-or a hand edit: every run dir under `runs=` (default: the table's folder) with a record gets
-exactly one row, and rows of older runs without a record are kept.
+The table is an index; each run's `record.json` is the truth. Rebuild after a crash, a full disk,
+a hand edit or a copy of the project: every run dir under `runs=` (default: the table's folder)
+whose record was appended to this table gets one row per status it reached (records of other
+tables that share the folder are left out), rows of older runs without a record are kept, and a
+duplicate row (same run dir and status as a newer one) moves to `<table>.torn`. It prints how many
+rows went where.
 """
 
 from __future__ import annotations
@@ -33,6 +36,6 @@ def main(args: list[str]) -> int:
     runs = Path(options.get("runs", str(table.parent)))
     if not runs.is_dir():
         raise AnimalclsError(f"runs={runs} is not a folder; give the folder that holds the run dirs.")
-    records, kept = results.rebuild(table, [runs])
-    print(f"{table}: {records} run(s) from record.json files under {runs}, {kept} older row(s) kept")
+    rebuilt = results.rebuild(table, [runs])
+    print(rebuilt.summary(results.table_path(table), str(runs)))
     return 0
