@@ -467,13 +467,14 @@ def _belongs(record: Mapping[str, Any], table: Path) -> bool:
     return any(table_path(p) == table for p in places)
 
 
-def _run_key(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...], str] | None:
-    """A run dir's row, wherever the project now lives: run id, the run dir's last two path parts
-    (its unique name under the runs folder) and status. None for a row without a run dir."""
+def _run_key(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...], str, str] | None:
+    """One attempt's row, wherever the project now lives: run id, the run dir's last two path
+    parts (its unique name under the runs folder), status and timestamp (a `force=true` re-run in
+    a fixed run dir is another attempt with its own row). None for a row without a run dir."""
     run_dir = str(row.get("run_dir") or "")
     if not run_dir:
         return None
-    return str(row.get("run_id", "")), Path(run_dir).parts[-2:], str(row.get("status", ""))
+    return str(row.get("run_id", "")), Path(run_dir).parts[-2:], str(row.get("status", "")), _blank_nan(row.get("timestamp"))
 
 
 @dataclass(frozen=True)
@@ -505,7 +506,7 @@ def rebuild(path: str | os.PathLike[str], roots: Iterable[str | os.PathLike[str]
         old = load(path, warn=False).to_dict("records") if path.exists() and path.stat().st_size else []
         newest: dict[Any, int] = {}
         for index, row in enumerate(old):
-            newest[_run_key(row) or ("", (str(index),), "")] = index
+            newest[_run_key(row) or ("", (str(index),), "", "")] = index
         kept, duplicates, replaced = [], [], 0
         for index, row in enumerate(old):
             key = _run_key(row)

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -152,7 +153,8 @@ def done_row(cfg: DictConfig, run_id: str) -> dict[str, Any] | None:
 
 def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
     """The run's record.json first (the truth), then its row in the table (the index)."""
-    row.setdefault("timestamp", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    # to the microsecond: it tells two attempts of one run dir apart (force=true in a fixed run dir)
+    row.setdefault("timestamp", datetime.now().isoformat(timespec="microseconds"))
     try:
         write_record(run_dir, row, cfg.results)
     except OSError as exc:
