@@ -62,6 +62,15 @@ def test_a_table_written_by_pandas_takes_appends(tmp_path):
     assert list(loaded["run_id"]) == ["a", "b"] and loaded["test_top1"].iloc[0] == 50.0
 
 
+def test_a_row_with_a_cell_over_128_kib_is_a_good_row(tmp_path):
+    """csv's default field limit would call such a row torn and move it aside on the next append."""
+    table = tmp_path / "results.csv"
+    results.append_row(table, _row("a", "failed", error="e" * 200_000))
+    results.append_row(table, _row("b"))
+    assert _ids(table) == ["a", "b"]
+    assert not (tmp_path / "results.csv.torn").exists()
+
+
 def test_a_header_without_a_newline_takes_its_first_row(tmp_path):
     table = tmp_path / "results.csv"
     table.write_bytes(_header_line().rstrip(b"\n"))

@@ -43,6 +43,10 @@ from animalcls.record import COLUMNS, RECORD_FILE, TABLE_KEYS, TEXT_COLUMNS, rea
 
 log = logging.getLogger(__name__)
 
+# The csv module refuses cells over 128 KiB by default, and a row it refuses looks torn: a long
+# error cell (a traceback, a hand-pasted note) would send its whole row to .torn.
+csv.field_size_limit(2**31 - 1)
+
 LOCK_TIMEOUT_S = 120
 BOM = b"\xef\xbb\xbf"  # a spreadsheet's UTF-8 byte-order mark: accepted, never required
 
