@@ -24,6 +24,7 @@ def test_train_writes_run_dir_and_one_results_row(tmp_path, image_folder, cli, c
     row = table.iloc[0]
     assert row["status"] == "ok" and row["epochs_done"] == 2 and row["model"] == "base"
     assert row["gflops"] > 0 and row["gmacs_fvcore"] > 0 and row["params"] > 0
+    assert row["cpu_model"] and "; torch " in row["cpu_features"] and row["gpu"] == ""  # the machine
     run_dir = Path(row["run_dir"])
     for name in (
         "history.csv",

@@ -108,3 +108,14 @@ def test_local_weights_file_is_loaded(tmp_path):
     model = create_model("mobilenet_v3_small", 4, weights=str(tmp_path / "w.pth"))
     assert torch.equal(model.features[0][0].weight, imagenet.features[0][0].weight)
     assert not torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+
+
+def test_the_machine_is_named_by_its_cpu_and_its_speed_flags(monkeypatch):
+    from animalcls import machine
+
+    info = {"model name": "Some Xeon", "flags": "fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16"}
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: info)
+    assert machine.cpu_model() == "Some Xeon"
+    features = machine.cpu_features()
+    assert features.startswith("avx2 avx512f avx512_bf16 amx_bf16 amx_tile; torch ")  # SPEED_FLAGS' order
+    assert "sse" not in features and machine.gpu_name(torch.device("cpu")) == ""

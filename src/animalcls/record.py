@@ -87,6 +87,10 @@ COLUMNS = [
     "recipe",
     "recipe_settings",
     "stopped_early",
+    # the machine, so that two sides of a comparison can be shown to have run on the same kind
+    "cpu_model",
+    "cpu_features",
+    "gpu",
 ]
 STATUSES = ("ok", "diverged", "failed", "interrupted", "pruned")
 # Columns read as text whatever they hold (a run id of digits only, a tag of "1.0").
@@ -109,6 +113,9 @@ TEXT_COLUMNS = (
     "recipe",
     "recipe_settings",
     "stopped_early",
+    "cpu_model",
+    "cpu_features",
+    "gpu",
 )
 
 

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -46,6 +45,7 @@ from animalcls.config import validate
 from animalcls.data import data_identity, manifest
 from animalcls.engine import EpochBatches, Recipe, StepSettings, evaluate, fit
 from animalcls.errors import AnimalclsError, Interrupted, Pruned
+from animalcls.machine import cpu_features, cpu_model, gpu_name
 from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,7 @@ def _run_and_record(
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
+    row.update(cpu_model=cpu_model(), cpu_features=cpu_features(), gpu=gpu_name(ctx.device))
     model = build_model(cfg, len(data.classes))  # before decoding: missing weights fail fast
     if ctx.is_main:
         row.update(_profile(model, cfg.aug.crop))

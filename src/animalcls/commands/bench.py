@@ -37,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -69,6 +68,7 @@ from animalcls.commands import given_keys
 from animalcls.config import compose, validate
 from animalcls.engine import Recipe, StepSettings, evaluate, synchronize, train_one_epoch, train_step
 from animalcls.errors import AnimalclsError
+from animalcls.machine import cpu_features, cpu_model, gpu_name
 
 log = logging.getLogger(__name__)
 
@@ -109,15 +109,7 @@ class Capped:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return gpu_name(device) or cpu_model()
 
 
 def _fresh_model(cfg: DictConfig, num_classes: int, device: torch.device, channels_last: bool):
@@ -387,7 +379,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
         "workers": cfg.workers,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -613,6 +606,8 @@ def _sweep_summary(
         "rounds": cfg.bench.rounds,
         "device": str(device),
         "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "runs": runs,
