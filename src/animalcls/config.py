@@ -7,12 +7,14 @@ come from `animalcls.registry`.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from animalcls.errors import AnimalclsError
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, TRACKERS
@@ -166,13 +168,42 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     # beyond the paper: set together by `recipe=`
     recipe: str = "paper"
+    # tta before the groups: the results' recipe_settings column lists keys in this order
+    tta: bool = False  # evaluate on the image and its mirror image (mean of the outputs)
     sched: SchedConfig = field(default_factory=SchedConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    tta: bool = False  # evaluate on the image and its mirror image (mean of the outputs)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def leaves(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of a config by its dotted key ("optim.momentum": 0.9), resolved, in config order;
+    a list is one leaf and a missing value reads "???"."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    return _flatten(container, "")
+
+
+def _flatten(node: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, f"{name}.") if isinstance(value, Mapping) else {name: value})
+    return flat
+
+
+def schema_leaves() -> dict[str, Any]:
+    """Every leaf key of the schema with its default, in schema order (a fresh dict each call)."""
+    return dict(_schema_leaves(Config))  # Config looked up per call: a test may swap the schema
+
+
+@functools.cache
+def _schema_leaves(schema: type) -> tuple[tuple[str, Any], ...]:
+    node = OmegaConf.structured(schema)
+    assert isinstance(node, DictConfig)
+    return tuple(leaves(node).items())
 
 
 GROUPS = ("model", "optim", "loss", "aug", "data", "sched", "recipe", "logger")
