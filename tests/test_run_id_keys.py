@@ -3,8 +3,24 @@ run) or named in `NOT_MEASURED` with why, and ids written so far stay byte-ident
 
 from __future__ import annotations
 
-from animalcls.config import compose
-from animalcls.record import Resolved, lineage_id, repeat_id, run_id, settings_row
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig, OmegaConf
+
+from animalcls import config
+from animalcls.config import GROUPS, compose, group_options, leaves, schema_leaves
+from animalcls.record import (
+    NOT_MEASURED,
+    Resolved,
+    is_measured,
+    lineage_id,
+    recipe_settings,
+    repeat_id,
+    run_id,
+    settings_row,
+)
 
 RESOLVED = Resolved(precision="fp32", data_id="abc")
 
@@ -126,3 +142,90 @@ def test_recorded_ids_and_recipe_settings_stay_byte_identical():
         cfg = compose(overrides)
         ids = (run_id(cfg, RESOLVED), repeat_id(cfg, RESOLVED), lineage_id(cfg, RESOLVED))
         assert (*ids, settings_row(cfg, RESOLVED)["recipe_settings"]) == PINNED[name], name
+
+
+# ---------------------------------------------------------------- every key measured or named
+
+# Hashed as resolved for the run (Resolved.precision, Resolved.data_id), not as typed.
+RESOLVED_KEYS = {"amp", "data.root"}
+
+
+def _changed(value: Any) -> Any:
+    """Another value of the same type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, list):
+        return [*value, value[0]] if value else ["x"]
+    return f"{value}x" if value is not None else "x"
+
+
+def _with(cfg: DictConfig, key: str, value: Any) -> DictConfig:
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+def test_every_key_of_the_schema_and_of_every_group_option_is_measured_or_named_not_measured():
+    keys = set(schema_leaves())
+    for group in GROUPS:
+        for option in group_options(group):
+            keys |= set(leaves(compose([f"{group}={option}"])))
+    assert keys == set(schema_leaves())  # a group option's key the schema lacks would fail composing
+    measured = {key for key in keys if is_measured(key)}
+    unmeasured = {key for key in keys if any(key == n or key.startswith(f"{n}.") for n in NOT_MEASURED)}
+    assert measured | unmeasured == keys and not measured & unmeasured
+    assert all(any(k == n or k.startswith(f"{n}.") for k in keys) for n in NOT_MEASURED)  # none stale
+
+
+def test_a_measured_key_changes_the_id_and_a_key_not_measured_does_not():
+    cfg = compose(["model=resnet18"])  # pretrained: its weights file is measured
+    base = run_id(cfg, RESOLVED)
+    for key, value in leaves(cfg).items():
+        if key in RESOLVED_KEYS:
+            continue
+        changed = run_id(_with(cfg, key, _changed(value)), RESOLVED) != base
+        assert changed == is_measured(key), key
+
+
+def test_the_resolved_values_not_the_typed_ones_change_the_id():
+    cfg = compose([])
+    base = run_id(cfg, RESOLVED)
+    assert run_id(compose(["amp=bf16", "data.root=elsewhere"]), RESOLVED) == base
+    assert run_id(cfg, Resolved("bf16", "abc")) != base and run_id(cfg, Resolved("fp32", "abd")) != base
+
+
+def test_workers_and_the_logger_share_the_run():
+    base = compose([])
+    other = compose(["workers=0", "logger=mlflow", "logger.experiment=mine", "eval_batch_size=7"])
+    assert run_id(other, RESOLVED) == run_id(base, RESOLVED)
+    assert settings_row(other, RESOLVED)["recipe_settings"] == ""
+
+
+@dataclass
+class _OptimWithAlpha(config.OptimConfig):
+    alpha: float = 0.99  # a new optimizer option, as RMSprop's
+
+
+@dataclass
+class _ConfigWithAlpha(config.Config):
+    optim: _OptimWithAlpha = field(default_factory=_OptimWithAlpha)
+
+
+@pytest.fixture
+def schema_with_alpha(monkeypatch):
+    monkeypatch.setattr(config, "Config", _ConfigWithAlpha)
+    yield
+    monkeypatch.undo()
+    config.register_schema()  # Hydra's store holds the schema composed last
+
+
+def test_a_key_added_to_the_schema_is_measured_off_its_default_only(schema_with_alpha):
+    assert "optim.alpha" in schema_leaves() and is_measured("optim.alpha")
+    at_default = compose(["optim.alpha=0.99"])
+    assert run_id(at_default, RESOLVED) == PINNED["default"][0]  # every id written so far stays
+    assert recipe_settings(at_default) == {}
+    other = compose(["optim.alpha=0.9"])
+    assert run_id(other, RESOLVED) != PINNED["default"][0]
+    assert settings_row(other, RESOLVED)["recipe_settings"] == "optim.alpha=0.9"
