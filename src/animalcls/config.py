@@ -72,6 +72,13 @@ class MixConfig:
     switch_prob: float = 0.5  # with both on: the chance of CutMix rather than Mixup
 
 
+def mixing_enabled(mix: Any) -> bool:
+    """Whether batches are mixed (`mix` a MixConfig or its node): the one decision the checks, the
+    criterion and the mixer share, so label smoothing is applied exactly once (by the mixer's soft
+    targets when mixing, by the loss otherwise)."""
+    return (float(mix.mixup_alpha) > 0 or float(mix.cutmix_alpha) > 0) and float(mix.prob) > 0
+
+
 @dataclass
 class EmaConfig:
     decay: float = 0.0  # 0 = off; e.g. 0.999
@@ -339,8 +346,7 @@ def _recipe_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
 
 
 def _check_recipe_combinations(cfg: DictConfig) -> None:
-    mixing = cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0
-    if (mixing or cfg.loss.label_smoothing > 0) and cfg.loss.name != "cross_entropy":
+    if (mixing_enabled(cfg.mix) or cfg.loss.label_smoothing > 0) and cfg.loss.name != "cross_entropy":
         raise AnimalclsError(
             f"mixup, cutmix and label smoothing need soft targets, which loss={cfg.loss.name} does not take; "
             f"use loss=cross_entropy or turn them off."
