@@ -15,10 +15,11 @@ import torch
 from omegaconf import OmegaConf
 
 from animalcls import results, schedule
-from animalcls.build import build_optimizer, build_recipe, create_model
+from animalcls.build import build_criterion, build_optimizer, build_recipe, create_model
 from animalcls.config import compose, validate
 from animalcls.ema import ModelEma
 from animalcls.engine import Recipe, StepSettings, fit
+from animalcls.errors import AnimalclsError
 from animalcls.finetune import Freezer, parameter_groups
 from animalcls.mix import Mixer, soft_targets
 from animalcls.registry import SCHEDULES
@@ -97,6 +98,37 @@ def test_mixed_targets_sum_to_one_and_blend_two_labels(mixup, cutmix):
         assert torch.allclose(targets.sum(1), torch.ones(6))
         assert ((targets > 0.03).sum(1) <= 2).all()  # smoothing's 0.02 floor, plus at most two labels
         assert not torch.equal(mixed, images)
+
+
+def _mixer_and_criterion(*overrides: str) -> tuple[Mixer | None, torch.nn.Module]:
+    cfg = compose(["mix.mixup_alpha=0.2", "loss.label_smoothing=0.1", *overrides])
+    validate(cfg)
+    model = torch.nn.Linear(4, 3)
+    recipe = build_recipe(cfg, model, build_optimizer(cfg, model), steps_per_epoch=5, num_classes=3)
+    return recipe.mixer, build_criterion(cfg)
+
+
+def test_with_mixing_off_by_prob_zero_the_loss_smooths():
+    """mix.prob=0 turns mixing off although an alpha is set: the smoothing goes to the loss (it
+    once went nowhere: the loss left it to a mixer that never ran)."""
+    mixer, criterion = _mixer_and_criterion("mix.prob=0")
+    assert mixer is None
+    assert isinstance(criterion, torch.nn.CrossEntropyLoss) and criterion.label_smoothing == 0.1
+
+
+def test_with_mixing_on_the_mixer_smooths_and_the_loss_does_not():
+    mixer, criterion = _mixer_and_criterion("mix.prob=0.5")
+    assert mixer is not None and mixer.enabled and mixer.smoothing == 0.1
+    assert isinstance(criterion, torch.nn.CrossEntropyLoss) and criterion.label_smoothing == 0.0
+    torch.manual_seed(0)
+    _, targets = mixer(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
+    assert targets.min() >= 0.1 / 3 - 1e-6  # smoothed once, by the mixer
+
+
+def test_an_alpha_with_mixing_off_does_not_need_soft_targets():
+    validate(compose(["mix.mixup_alpha=0.2", "mix.prob=0", "loss=multi_margin"]))
+    with pytest.raises(AnimalclsError, match="soft targets"):
+        validate(compose(["mix.mixup_alpha=0.2", "loss=multi_margin"]))
 
 
 def test_soft_targets_smooth_evenly():

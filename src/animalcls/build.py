@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from animalcls import graphs
 from animalcls.augment import cache_decode_size
-from animalcls.config import DEVICE_PATTERN
+from animalcls.config import DEVICE_PATTERN, mixing_enabled
 from animalcls.data import Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, scan, split_indices
 from animalcls.ema import ModelEma
 from animalcls.engine import Recipe
@@ -129,8 +129,8 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def build_criterion(cfg: DictConfig) -> torch.nn.Module:
     criterion = LOSSES.get(cfg.loss.name).build()
-    mixing = cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0  # the mixer's soft targets are smoothed already
-    if cfg.loss.label_smoothing > 0 and not mixing:  # validated: cross entropy only
+    # when mixing, the mixer's soft targets are smoothed already: smoothing here too would double it
+    if cfg.loss.label_smoothing > 0 and not mixing_enabled(cfg.mix):  # validated: cross entropy only
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg.loss.label_smoothing))
     return criterion
 

@@ -7,12 +7,14 @@ come from `animalcls.registry`.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from animalcls.errors import AnimalclsError
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, TRACKERS
@@ -68,6 +70,13 @@ class MixConfig:
     cutmix_alpha: float = 0.0
     prob: float = 1.0  # the chance that a batch is mixed
     switch_prob: float = 0.5  # with both on: the chance of CutMix rather than Mixup
+
+
+def mixing_enabled(mix: Any) -> bool:
+    """Whether batches are mixed (`mix` a MixConfig or its node): the one decision the checks, the
+    criterion and the mixer share, so label smoothing is applied exactly once (by the mixer's soft
+    targets when mixing, by the loss otherwise)."""
+    return (float(mix.mixup_alpha) > 0 or float(mix.cutmix_alpha) > 0) and float(mix.prob) > 0
 
 
 @dataclass
@@ -166,13 +175,42 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     # beyond the paper: set together by `recipe=`
     recipe: str = "paper"
+    # tta before the groups: the results' recipe_settings column lists keys in this order
+    tta: bool = False  # evaluate on the image and its mirror image (mean of the outputs)
     sched: SchedConfig = field(default_factory=SchedConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    tta: bool = False  # evaluate on the image and its mirror image (mean of the outputs)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def leaves(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of a config by its dotted key ("optim.momentum": 0.9), resolved, in config order;
+    a list is one leaf and a missing value reads "???"."""
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert isinstance(container, dict)
+    return _flatten(container, "")
+
+
+def _flatten(node: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        flat.update(_flatten(value, f"{name}.") if isinstance(value, Mapping) else {name: value})
+    return flat
+
+
+def schema_leaves() -> dict[str, Any]:
+    """Every leaf key of the schema with its default, in schema order (a fresh dict each call)."""
+    return dict(_schema_leaves(Config))  # Config looked up per call: a test may swap the schema
+
+
+@functools.cache
+def _schema_leaves(schema: type) -> tuple[tuple[str, Any], ...]:
+    node = OmegaConf.structured(schema)
+    assert isinstance(node, DictConfig)
+    return tuple(leaves(node).items())
 
 
 GROUPS = ("model", "optim", "loss", "aug", "data", "sched", "recipe", "logger")
@@ -308,8 +346,7 @@ def _recipe_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
 
 
 def _check_recipe_combinations(cfg: DictConfig) -> None:
-    mixing = cfg.mix.mixup_alpha > 0 or cfg.mix.cutmix_alpha > 0
-    if (mixing or cfg.loss.label_smoothing > 0) and cfg.loss.name != "cross_entropy":
+    if (mixing_enabled(cfg.mix) or cfg.loss.label_smoothing > 0) and cfg.loss.name != "cross_entropy":
         raise AnimalclsError(
             f"mixup, cutmix and label smoothing need soft targets, which loss={cfg.loss.name} does not take; "
             f"use loss=cross_entropy or turn them off."

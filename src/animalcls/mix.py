@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from animalcls.config import mixing_enabled
+
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     """One-hot labels with `smoothing` spread evenly over all classes (rows sum to one)."""
@@ -34,10 +36,7 @@ class Mixer:
         self.mixup, self.cutmix = float(mix.mixup_alpha), float(mix.cutmix_alpha)
         self.prob, self.switch = float(mix.prob), float(mix.switch_prob)
         self.num_classes, self.smoothing = num_classes, float(label_smoothing)
-
-    @property
-    def enabled(self) -> bool:
-        return (self.mixup > 0 or self.cutmix > 0) and self.prob > 0
+        self.enabled = mixing_enabled(mix)  # off: the criterion smooths instead (build_criterion)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The mixed images and their soft targets."""

@@ -2,21 +2,19 @@
 
 - `COLUMNS` is the results table's header (new columns are only ever appended, so an older table
   keeps working: see `animalcls.results`).
-- `measured_settings` is everything that changes what a run measures, from *resolved* values: the
-  precision actually chosen, test_on, the pipeline, the split and the data set's identity (its
-  file list), never how a value was typed. Device, workers, eval batch size, channels_last and
-  compile only change speed or the last bits of the numbers, so they stay out.
+- `measured_settings` is every key of the config except the few named in `NOT_MEASURED` (speed,
+  bookkeeping, labels), from *resolved* values: the precision actually chosen, the data set's
+  identity (its file list), a weights file by name and size, never how a value was typed.
 - `run_id` hashes those settings (a sweep skips a run id that has an ok row); `repeat_id` hashes
   them without the seed, so runs with one repeat_id differ by seed alone and may be averaged.
 - Rows written before this scheme (record_version empty) carry `legacy_run_id`'s id.
 
-A setting added later enters the hash only when it differs from its default, so adding one keeps
-every existing id.
+Beyond record version 2's settings (`CORE`), a key enters the hash only when it differs from its
+schema default, so adding a key to the schema keeps every existing id.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -28,7 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from animalcls.atomic import write_text_atomic
-from animalcls.config import Config
+from animalcls.config import leaves, schema_leaves
 
 RECORD_VERSION = 2
 RECORD_FILE = "record.json"  # the run's record in its run dir: the truth the table indexes
@@ -127,10 +125,6 @@ class Resolved:
     data_id: str  # animalcls.data.data_identity of the scanned data set
 
 
-def _floats(values: Any) -> list[float]:
-    return [float(v) for v in values]
-
-
 def weights_identity(weights: str | None) -> str:
     """A local weights file by name and size (its path string changes with where it lives)."""
     if not weights:
@@ -140,79 +134,95 @@ def weights_identity(weights: str | None) -> str:
     return f"{path.name}:{size}"
 
 
-def measured_settings(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
-    """Everything that changes what this run measures, as plain resolved values."""
-    aug = cfg.aug
-    return {
-        "version": RECORD_VERSION,
-        "model": {
-            "name": cfg.model.name,
-            "pretrained": bool(cfg.model.pretrained),
-            "weights": weights_identity(cfg.model.weights) if cfg.model.pretrained else "",
-            "batch_norm": bool(cfg.model.batch_norm),
-            "dropout": float(cfg.model.dropout),
-        },
-        "optim": {
-            "name": cfg.optim.name,
-            "momentum": float(cfg.optim.momentum),
-            "weight_decay": float(cfg.optim.weight_decay),
-        },
-        "loss": cfg.loss.name,
-        "aug": {
-            "resize": int(aug.resize),
-            "crop": int(aug.crop),
-            "hflip": float(aug.hflip),
-            "rotation": float(aug.rotation),
-            "mean": _floats(aug.mean),
-            "std": _floats(aug.std),
-        },
-        "lr": float(cfg.lr),
-        "batch_size": int(cfg.batch_size),
-        "epochs": int(cfg.epochs),
-        "seed": int(cfg.seed),
-        "precision": resolved.precision,
-        "test_on": cfg.test_on,
-        "pipeline": cfg.data.pipeline,
-        "split": _floats(cfg.data.split),
-        "data": resolved.data_id,
-        # only what differs from the paper's recipe, so every paper configuration keeps its id
-        **({"recipe": extras} if (extras := recipe_settings(cfg)) else {}),
-    }
+# The keys that cannot change what a run measures (a key names itself and every key under it).
+# Every other key of the config is in the run id: a key added to the schema is measured unless
+# it is named here.
+NOT_MEASURED = (
+    "device",  # where it runs: what that changes (the precision) is measured as `amp`
+    "workers",  # loader processes: speed (with data.pipeline=pil they also deal out the random
+    # flips differently: noise of the kind a seed gives, not a setting to compare)
+    "channels_last",  # memory layout: speed and the last bits of the numbers only
+    "compile",  # torch.compile: speed and the last bits only
+    "cuda_graphs",  # the same steps replayed as CUDA graphs: speed only
+    "eval_batch_size",  # evaluation in eval mode (no batch statistics): speed and the last bits only
+    "resume",  # whether an interrupted run of this very id continues: the id is what it looks up
+    "force",  # re-run a finished id: the same measurement again
+    "results",  # where the row goes
+    "tags",  # labels for the report
+    "paper_config",  # a label: the settings it sets are measured one by one
+    "recipe",  # a label: the settings it sets are measured one by one
+    "ckpt",  # eval / predict only
+    "images",  # predict only
+    "bench",  # `animalcls bench` only
+    "logger",  # where metrics are also sent
+    "aug.name",  # a label: the transform is its values (resize, crop, hflip, ...), all measured
+    "data.name",  # a label (and which generated set to write at root): the data are data.root's
+    "data.cache_dir",  # where the decode-once cache lives; its key checks the files it holds
+    "data.strict",  # fail on an unreadable image instead of skipping it: a run that finishes
+    # either way trained on the same readable images of the same data set
+)
+
+# Record version 2's settings, each hashed whatever its value (as from the start), and its place
+# in the hashed dict. Every other measured key enters the hash under "recipe" only when it differs
+# from its default, so ids written so far stay byte-identical.
+CORE: dict[str, tuple[str, ...]] = {
+    **{f"model.{k}": ("model", k) for k in ("name", "pretrained", "weights", "batch_norm", "dropout")},
+    **{f"optim.{k}": ("optim", k) for k in ("name", "momentum", "weight_decay")},
+    "loss.name": ("loss",),
+    **{f"aug.{k}": ("aug", k) for k in ("resize", "crop", "hflip", "rotation", "mean", "std")},
+    **{k: (k,) for k in ("lr", "batch_size", "epochs", "seed", "test_on")},
+    "amp": ("precision",),
+    "data.pipeline": ("pipeline",),
+    "data.split": ("split",),
+    "data.root": ("data",),
+}
 
 
-def _recipe_values(cfg: DictConfig) -> dict[str, Any]:
-    """Every setting a recipe can change beyond the paper's, flattened ("sched.name": "cosine")."""
-    values: dict[str, Any] = {
-        "optim.nesterov": bool(cfg.optim.nesterov),
-        "optim.decay_norm_bias": bool(cfg.optim.decay_norm_bias),
-        "optim.clip_grad_norm": float(cfg.optim.clip_grad_norm),
-        "loss.label_smoothing": float(cfg.loss.label_smoothing),
-        "aug.cache_size": int(cfg.aug.cache_size),
-        "aug.rrc_scale": _floats(cfg.aug.rrc_scale),
-        "aug.rrc_ratio": _floats(cfg.aug.rrc_ratio),
-        "aug.color_jitter": float(cfg.aug.color_jitter),
-        "aug.trivial_augment": bool(cfg.aug.trivial_augment),
-        "tta": bool(cfg.tta),
-    }
-    for group in ("sched", "mix", "ema", "finetune", "early_stop"):
-        node = OmegaConf.to_container(cfg[group], resolve=True)
-        assert isinstance(node, dict)
-        values.update({f"{group}.{key!s}": value for key, value in node.items()})
+def is_measured(key: str) -> bool:
+    """Whether a dotted config key ("optim.momentum") is part of the run id."""
+    return not any(key == name or key.startswith(f"{name}.") for name in NOT_MEASURED)
+
+
+def measured_values(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
+    """Every measured key of the config, by dotted key, with the value the run uses: the precision
+    chosen (not `amp=auto`), the data set's identity (not the root's spelling), a weights file by
+    name and size (and none unless pretrained)."""
+    values = {key: value for key, value in leaves(cfg).items() if is_measured(key)}
+    weights = values.get("model.weights") if values.get("model.pretrained") else None
+    values.update(
+        {"amp": resolved.precision, "data.root": resolved.data_id, "model.weights": weights_identity(weights)}
+    )
     return values
 
 
-@functools.cache
-def _paper_recipe_values() -> dict[str, Any]:
-    """The schema's defaults: the paper's recipe (conf/recipe/paper.yaml changes none of them)."""
-    schema = OmegaConf.structured(Config)
-    assert isinstance(schema, DictConfig)
-    return _recipe_values(schema)
+def measured_settings(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
+    """Everything that changes what this run measures, as plain resolved values."""
+    values = measured_values(cfg, resolved)
+    settings: dict[str, Any] = {"version": RECORD_VERSION}
+    for key, (*groups, name) in CORE.items():
+        node = settings
+        for group in groups:  # record version 2's layout: model, optim and aug nested
+            node = node.setdefault(group, {})
+        node[name] = values[key]
+    # only what differs from the defaults (the paper's recipe), so every paper run keeps its id
+    if extras := _off_default(values):
+        settings["recipe"] = extras
+    return settings
+
+
+def _off_default(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values beyond the core that differ from the schema's, in schema order (a key the schema
+    lacks has no default to be at, so it is listed, last)."""
+    defaults = schema_leaves()
+    order = {key: i for i, key in enumerate(defaults)}
+    extras = [(k, v) for k, v in values.items() if k not in CORE and (k not in defaults or v != defaults[k])]
+    return dict(sorted(extras, key=lambda item: order.get(item[0], len(order))))
 
 
 def recipe_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The recipe settings of this run that differ from the paper's (empty for a paper run)."""
-    paper = _paper_recipe_values()
-    return {key: value for key, value in _recipe_values(cfg).items() if value != paper.get(key)}
+    """The measured settings of this run beyond record version 2's core that differ from the
+    paper's, flattened ("sched.name": "cosine"; empty for a paper run)."""
+    return _off_default({key: value for key, value in leaves(cfg).items() if is_measured(key)})
 
 
 def _digest(settings: Mapping[str, Any]) -> str:
