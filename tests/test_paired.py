@@ -206,3 +206,20 @@ def test_compare_starts_without_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_claims_script_prints_each_claims_sentence_and_table(results_csv, tmp_path):
+    claims = tmp_path / "claims.yaml"
+    claims.write_text(
+        f"results: {results_csv}\n"
+        "claims:\n"
+        "  - {name: AdamW beats SGD, a: {optim: sgd}, b: {optim: adamw}, where: {model: base}}\n"
+        "  - {name: no such runs, a: {optim: sgd}, b: {optim: nadam}}\n"
+    )
+    script = Path(__file__).resolve().parents[1] / "scripts" / "claims.py"
+    done = subprocess.run([sys.executable, str(script), f"claims={claims}"], capture_output=True, text=True)
+    assert done.returncode == 2 and "## AdamW beats SGD" in done.stdout
+    assert "optimizer=adamw vs optimizer=sgd (model=base" in done.stdout
+    assert "4 paired seed(s): test top-1 % 36.25 ± 4.35 vs 33.25 ± 3.59, b - a +3.00" in done.stdout
+    assert "95% CI +1.70 to +4.30: b beats a." in done.stdout and "test top-5 %" in done.stdout
+    assert "## no such runs" in done.stderr and "matches no run" in done.stderr

@@ -46,8 +46,9 @@ def main(args: list[str]) -> int:
     return 0
 
 
-def parse_request(args: list[str]) -> dict[str, Any]:
-    """The command line as run_compare's arguments (results, a, b, where, vary, confidence, format)."""
+def parse_request(args: list[str], sides: bool = True) -> dict[str, Any]:
+    """The command line as run_compare's arguments (results, a, b, where, vary, confidence, format);
+    `sides=False` for a caller that takes the sides from elsewhere (scripts/claims.py)."""
     request: dict[str, Any] = {"results": [DEFAULT_RESULTS], "a": {}, "b": {}, "where": {}, "vary": []}
     rest = []
     for arg in args:
@@ -58,7 +59,7 @@ def parse_request(args: list[str]) -> dict[str, Any]:
             rest.append(arg)
     for override in parse_overrides(rest, "compare"):
         _take(request, override)
-    if not request["a"] or not request["b"]:
+    if sides and (not request["a"] or not request["b"]):
         raise AnimalclsError("say what each side is, e.g. `animalcls compare a.optim=sgd b.optim=adamw`.")
     return request
 

@@ -486,8 +486,11 @@ def sentence(pairing: Pairing, result: MetricResult) -> str:
     """One line for a README: what was compared, over how many seeds, the difference and its interval."""
     d = result.diff
     interval = "" if d.n < 2 else f", {d.confidence:.0%} CI {_num(d.low, True)} to {_num(d.high, True)}"
+    # each side by what tells it from the other; what both share is in the parentheses
+    b_own = {k: v for k, v in pairing.b.items() if pairing.a.get(k) != v}
+    a_own = {k: v for k, v in pairing.a.items() if pairing.b.get(k) != v}
     return (
-        f"{_describe(pairing.b)} vs {_describe(pairing.a)} ({_held_text(pairing.held)}), "
+        f"{_describe(b_own)} vs {_describe(a_own)} ({_held_text(pairing.held)}), "
         f"{result.n} paired seed(s): {result.metric.label} {_ms(result.b_mean, result.b_std)} vs "
         f"{_ms(result.a_mean, result.a_std)}, b - a {_num(d.mean, True)}{interval}: {result.verdict}."
     )
