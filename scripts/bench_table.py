@@ -70,13 +70,15 @@ def main() -> int:
         for name, table in tables.items():  # taking turns: both see the same load
             present = row(sizes[name] // 2)["run_id"]
             checks = {
-                "skip check, id present": lambda: results.rows_of(table, [present]),
-                "skip check, id absent": lambda: results.rows_of(table, ["feedfacecafebeef"]),
-                "append (lock held)": lambda: results.append_row(table, row(10**9 + repeat)),
+                # bound now (B023): each action is timed in this iteration, with this table
+                "skip check, id present": lambda t=table, p=present: results.rows_of(t, [p]),
+                "skip check, id absent": lambda t=table: results.rows_of(t, ["feedfacecafebeef"]),
+                "append (lock held)": lambda t=table, r=repeat: results.append_row(t, row(10**9 + r)),
             }
             for what, action in checks.items():
                 times.setdefault((what, name), []).append(timed(action))
-    print(f"{'what':<26} {'10 rows':>10} {f'{args.rows:,} rows':>14} {'difference':>12}   (median of {args.repeats}, s)")
+    header = f"{'what':<26} {'10 rows':>10} {f'{args.rows:,} rows':>14} {'difference':>12}"
+    print(f"{header}   (median of {args.repeats}, s)")
     worst = 0.0
     for what in ("skip check, id present", "skip check, id absent", "append (lock held)"):
         small, large = (statistics.median(times[(what, n)]) for n in sizes)
