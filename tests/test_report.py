@@ -588,7 +588,9 @@ def test_beyond_picks_the_best_paper_recipe_and_recipe_groups(recipes):
     assert (base["recipe"], base["recipe_n"], base["recipe_epochs"]) == ("scratch", 2, 30)
     assert base["recipe_top1_mean"] == pytest.approx(62.0) and base["recipe_top1_std"] == pytest.approx(math.sqrt(8.0))
     assert base["recipe_settings"] == SCRATCH["recipe_settings"]
-    assert base["diff_pp"] == pytest.approx(20.0)
+    # paired by seed: seeds 0 and 1 ran both (40->60, 44->64); two pairs give no verdict
+    assert base["diff_pp"] == pytest.approx(20.0) and base["diff_pairs"] == 2
+    assert base["diff_ci_low"] == pytest.approx(20.0) and base["verdict"] == "too few seeds (n=2): no verdict"
     assert "epochs differ: paper recipe 20, recipe 30" in base["note"]
     assert "recipe: best of 4 groups" in base["note"] and "paper recipe: best of 2 groups" in base["note"]
     best = table.loc[("mobilenet_v3_large", "animals")]
@@ -618,7 +620,7 @@ def test_beyond_never_compares_rows_of_another_data_set(recipes):
 
 def test_beyond_groups_are_the_seed_repeat_groups():
     prepared = report.prepare(pd.DataFrame(recipe_rows()))
-    table = beyond.beyond_table(report.aggregate(prepared)).set_index(["model", "data"])
+    table = beyond.beyond_table(report.aggregate(prepared), prepared).set_index(["model", "data"])
     assert len(table) == 4 and table.loc[("base", "animals"), "recipe_top1_mean"] == pytest.approx(62.0)
     # without repeat_ids the recipe still keeps groups apart (settings alone would pool p0 and a
     # scratch run that changed only recipe settings)
@@ -698,3 +700,32 @@ def test_no_runs_no_beyond_rows_and_no_epoch_budget_figure(tmp_path):
     text = report.run_report([str(tmp_path / "nothing.csv")], str(out)).read_text()
     assert beyond_csv(out).empty and pd.read_csv(out / "tables" / "epoch_budget.csv").empty
     assert not (out / "figures" / "epoch_budget.png").exists() and "no epoch-budget figure" in text
+
+
+def test_beyond_picks_on_validation_and_pairs_the_difference_by_seed():
+    # the 20-epoch paper group wins on test (44 vs 32) but the 10-epoch one on validation: the pick
+    # is on validation; the scratch groups likewise (s15 on validation, s30 on test)
+    rows = [
+        {**row(f"p{k}", BASE, k, top1=t, **V2, repeat_id="p10"), "val_top1": 50.0}
+        for k, t in enumerate([30.0, 32.0, 34.0])
+    ]
+    rows += [{**row(f"q{k}", E20, k, top1=44.0, **V2, repeat_id="p20"), "val_top1": 40.0} for k in range(3)]
+    rows += [
+        {**row(f"s{k}", BASE, k, top1=t, **V2, repeat_id="s15", epochs=15, **SCRATCH), "val_top1": 70.0}
+        for k, t in enumerate([35.0, 38.0, 41.0, 50.0])
+    ]
+    rows += [{**row("t0", BASE, 0, top1=90.0, **V2, repeat_id="s30", epochs=30, **SCRATCH), "val_top1": 60.0}]
+    prepared = report.prepare(pd.DataFrame(rows))
+    base = beyond.beyond_table(report.aggregate(prepared), prepared).iloc[0]
+    assert (base["paper_recipe_config"], base["paper_recipe_top1_mean"]) == (BASE, pytest.approx(32.0))
+    assert (base["recipe_epochs"], base["recipe_n"]) == (15, 4)
+    # seeds 0-2 pair (diffs 5, 6, 7; seed 3 has no paper run): 6 ± 4.3027 / sqrt(3)
+    assert base["diff_pairs"] == 3 and base["diff_pp"] == pytest.approx(6.0)
+    assert base["diff_ci_low"] == pytest.approx(6.0 - 4.3027 / math.sqrt(3), abs=1e-3)
+    assert base["verdict"] == "recipe beats paper"
+    shown = beyond.beyond_display(beyond.beyond_table(report.aggregate(prepared), prepared)).iloc[0]
+    assert (shown["Paired seeds"], shown["Verdict"]) == ("3", "recipe beats paper")
+    # without the runs (or without a shared seed) the difference is of the means, and said so
+    unpaired = beyond.beyond_table(report.aggregate(prepared)).iloc[0]
+    assert unpaired["diff_pp"] == pytest.approx(41.0 - 32.0) and unpaired["diff_pairs"] == 0
+    assert "no seed in common" in unpaired["note"]

@@ -29,6 +29,8 @@ commands:
   bench     images/s of the engine vs the compute limit:     animalcls bench model=base data.root=...
   report    paper tables and figures from the results table: animalcls report [results=PATH|results=[a.csv,b.csv]]
             [out=DIR] [runs=[id,...]]
+  compare   is b better than a, over the same seeds:     animalcls compare a.optim=sgd b.optim=adamw [model=base]
+            [results=PATH] [vary=[KEY,...]] [confidence=0.95] [format=text|json]  (paired t-interval per metric)
   results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]
             (rebuild it from the run dirs' record.json)
 
@@ -208,7 +210,7 @@ def _require_multirun_for_sweeps() -> None:
 
 
 # each animalcls.commands.<name>.main
-COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "results")
+COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "compare", "results")
 
 
 def _run_command(command: str, args: list[str]) -> int:

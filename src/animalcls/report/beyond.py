@@ -14,9 +14,14 @@ Rules:
   empty changed some of the paper's procedures: it is a recipe of its own, "paper+changes".
 - A data set is its name, its identity (`data_id`, the file list) and its split: the paper-recipe
   and recipe columns of one row are always measured on one test set.
-- "Best" is the group with the highest mean test top-1 (then the most runs averaged), among groups
-  that averaged at least one run: picked on the test set, as the paper picks its best model; the
-  note says among how many groups.
+- "Best" is the group with the highest mean validation top-1 (then the most runs averaged), among
+  groups that averaged at least one run with a test top-1; groups without a validation score rank
+  last. Picked on validation, never on test: a pick on the test set would report the winner of
+  many noisy draws as if it were one measurement. The note says among how many groups.
+- The difference is paired where the two picked groups share seeds (`report.paired`): the mean of
+  per-seed differences of test top-1, its 95 % Student-t interval and a verdict ("recipe beats
+  paper" only with 3 or more pairs and an interval that excludes 0). Without a shared seed it is
+  the difference of the two means, and the note says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import pandas as pd
 
 from animalcls import paper
 from animalcls.registry import MODELS, display_name
+from animalcls.report import paired
 from animalcls.report.aggregate import PAPER_RECIPE, aggregate
 from animalcls.report.text import is_blank, plain
 
@@ -56,6 +62,10 @@ BEYOND_COLUMNS = [
     "recipe_config",
     "recipe_settings",
     "diff_pp",
+    "diff_pairs",
+    "diff_ci_low",
+    "diff_ci_high",
+    "verdict",
     "note",
 ]
 BUDGET_COLUMNS = [
@@ -88,13 +98,36 @@ def _labelled(groups: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_group(groups: pd.DataFrame) -> tuple[dict | None, int]:
-    """The group with the highest mean test top-1 (then the most runs averaged) among those that
-    averaged a run; returns (that group or None, number of such groups)."""
+    """The group with the highest mean validation top-1 (then the most runs averaged) among those
+    that averaged a run with a test top-1; returns (that group or None, number of such groups)."""
     measured = groups[(groups["n"] > 0) & groups["test_top1_mean"].notna()]
     if measured.empty:
         return None, 0
-    ranked = measured.sort_values(["test_top1_mean", "n"], ascending=False, kind="mergesort")
-    return ranked.iloc[0].to_dict(), len(ranked)
+    val = measured["val_top1_mean"].fillna(float("-inf"))  # no validation score: ranked last
+    ranked = measured.assign(_val=val).sort_values(["_val", "n"], ascending=False, kind="mergesort")
+    return ranked.drop(columns="_val").iloc[0].to_dict(), len(ranked)
+
+
+def _runs_of(frame: pd.DataFrame | None, group: dict | None) -> pd.DataFrame | None:
+    """The ok runs with a test top-1 that a group averaged (None without the runs' frame)."""
+    if frame is None or group is None:
+        return None
+    mine = frame[(frame["paper_config"] == group["paper_config"]) & (frame["repeat_key"] == group["repeat_key"])]
+    return mine[(mine["status"] == "ok") & mine["test_top1"].notna()]
+
+
+def paired_diff(frame: pd.DataFrame | None, own: dict | None, other: dict | None) -> paired.MetricResult | None:
+    """Recipe - paper recipe in test top-1, paired by seed; None when no seed is shared."""
+    own_runs, other_runs = _runs_of(frame, own), _runs_of(frame, other)
+    if own_runs is None or other_runs is None or own_runs.empty or other_runs.empty:
+        return None
+    pairs, _ = paired.pair_seeds(own_runs, other_runs)
+    result = paired.compare_metric(pairs, paired.METRICS[0])
+    return result if result.n else None
+
+
+def _verdict(result: paired.MetricResult) -> str:
+    return result.verdict.replace("b beats a", "recipe beats paper").replace("a beats b", "paper beats recipe")
 
 
 def _model_order(model: str) -> tuple[int, str]:
@@ -114,8 +147,12 @@ def _epochs(group: dict | None) -> Any:
     return float("nan") if group is None or is_blank(group.get("epochs")) else int(group["epochs"])
 
 
-def _note(key_name: str, paper_best: float, own: dict | None, own_of: int, other: dict | None, other_of: int) -> str:
+def _note(
+    key_name: str, paper_best: float, own: dict | None, own_of: int, other: dict | None, other_of: int, pairs: int
+) -> str:
     notes = []
+    if own is not None and other is not None and not pairs:
+        notes.append("no seed in common: difference of means, unpaired")
     if own is not None and other is not None:
         if _epochs(own) != _epochs(other):
             notes.append(f"epochs differ: paper recipe {plain(own['epochs'])}, recipe {plain(other['epochs'])}")
@@ -135,8 +172,11 @@ def _note(key_name: str, paper_best: float, own: dict | None, own_of: int, other
     return "; ".join(notes)
 
 
-def beyond_table(groups: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, data set) with at least one run (BEYOND_COLUMNS; NaN where missing)."""
+def beyond_table(groups: pd.DataFrame, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (model, data set) with at least one run (BEYOND_COLUMNS; NaN where missing).
+
+    `frame` is the prepared runs the groups were aggregated from: with it, the difference is
+    paired by seed where the two groups share seeds."""
     if groups.empty:
         return pd.DataFrame(columns=BEYOND_COLUMNS)
     paper_best = paper.load().groupby("model")["accuracy_pct"].max().to_dict()
@@ -160,6 +200,8 @@ def beyond_table(groups: pd.DataFrame) -> pd.DataFrame:
         best_pct = paper_best.get(model, float("nan"))
         own_mean = own["test_top1_mean"] if own else float("nan")
         other_mean = other["test_top1_mean"] if other else float("nan")
+        diff = paired_diff(frame, own, other)
+        nan = float("nan")
         out.append(
             {
                 "model": model,
@@ -180,8 +222,12 @@ def beyond_table(groups: pd.DataFrame) -> pd.DataFrame:
                 "recipe_epochs": _epochs(other),
                 "recipe_config": other["ran_as"] if other else "",
                 "recipe_settings": other["recipe_settings"] if other else "",
-                "diff_pp": other_mean - own_mean,
-                "note": _note(data_name, best_pct, own, own_of, other, other_of),
+                "diff_pp": diff.diff.mean if diff else other_mean - own_mean,
+                "diff_pairs": diff.n if diff else 0,
+                "diff_ci_low": diff.diff.low if diff else nan,
+                "diff_ci_high": diff.diff.high if diff else nan,
+                "verdict": _verdict(diff) if diff else "",
+                "note": _note(data_name, best_pct, own, own_of, other, other_of, diff.n if diff else 0),
             }
         )
     frame = pd.DataFrame(out, columns=BEYOND_COLUMNS)
@@ -195,6 +241,10 @@ def mean_std(mean: Any, std: Any) -> str:
     if is_blank(mean):
         return MISSING
     return f"{float(mean):.2f}" + ("" if is_blank(std) else f" ± {float(std):.2f}")
+
+
+def _ci(low: Any, high: Any) -> str:
+    return "" if is_blank(low) else f"{float(low):+.2f} to {float(high):+.2f}"
 
 
 def _count(n: Any, mean: Any) -> str:
@@ -219,6 +269,9 @@ def beyond_display(table: pd.DataFrame) -> pd.DataFrame:
             "n (recipe)": [_count(r["recipe_n"], r["recipe_top1_mean"]) for r in rows],
             "Epochs (recipe)": [plain(r["recipe_epochs"]) if r["recipe_n"] else "" for r in rows],
             "Diff. (pp)": ["" if is_blank(r["diff_pp"]) else f"{r['diff_pp']:+.2f}" for r in rows],
+            "Paired seeds": [str(r["diff_pairs"]) if r["diff_pairs"] else "" for r in rows],
+            "95 % CI (paired)": [_ci(r["diff_ci_low"], r["diff_ci_high"]) for r in rows],
+            "Verdict": [r["verdict"] for r in rows],
             "Recipe settings": [r["recipe_settings"] for r in rows],
             "Note": [r["note"] for r in rows],
         }
