@@ -76,7 +76,9 @@ def main() -> int:
             }
             for what, action in checks.items():
                 times.setdefault((what, name), []).append(timed(action))
-    print(f"{'what':<26} {'10 rows':>10} {f'{args.rows:,} rows':>14} {'difference':>12}   (median of {args.repeats}, s)")
+    print(
+        f"{'what':<26} {'10 rows':>10} {f'{args.rows:,} rows':>14} {'difference':>12}   (median of {args.repeats}, s)"
+    )
     worst = 0.0
     for what in ("skip check, id present", "skip check, id absent", "append (lock held)"):
         small, large = (statistics.median(times[(what, n)]) for n in sizes)
