@@ -126,7 +126,9 @@ def refuse_overwriting_inputs(out: Path, inputs: list[str]) -> None:
     target = os.path.realpath(out)
     clash = next((i for i in inputs if os.path.realpath(i) == target), None)
     if clash is not None:
-        raise AnimalclsError(f"out={out} is {clash}, an input of this command; give another file, e.g. out=predictions.csv")
+        raise AnimalclsError(
+            f"out={out} is {clash}, an input of this command; give another file, e.g. out=predictions.csv"
+        )
 
 
 def output_options(options: dict[str, Any]) -> tuple[Path | None, str, bool]:
