@@ -192,8 +192,8 @@ def test_aggregate_seed_repeats_mean_std_n():
     assert base["test_top5_mean"] == pytest.approx(54.0)
     assert base["seeds"] == "0,1,2"
     diverged = groups.loc["base-adam-lr1e-1-bs16-e10-ce"]
-    assert (diverged["n"], diverged["n_diverged"]) == (2, 1)  # a diverged accuracy is real
-    assert diverged["test_top1_mean"] == pytest.approx(1.5)
+    assert (diverged["n"], diverged["n_diverged"]) == (1, 1)  # a diverged run is counted apart, never averaged
+    assert diverged["test_top1_mean"] == pytest.approx(2.5)
     failed = groups.loc["base-adam-lr1e-2-bs16-e10-ce"]
     assert failed["n"] == 0 and math.isnan(failed["test_top1_mean"])  # never averaged as 0
 
@@ -244,7 +244,8 @@ def test_paper_tables_aggregate_seeds_and_mark_missing(built):
     assert t212.loc[0, "reproduced_top1_mean"] == pytest.approx(34.0)
     assert t212.loc[0, "reproduced_top1_std"] == pytest.approx(4.0)
     assert t212.loc[0, "n"] == 3 and t212.loc[0, "diff_pp"] == pytest.approx(34.0 - 37.53)
-    assert t212.loc[4, "status"] == "ok" and "1 diverged" in t212.loc[4, "note"]
+    # its only run diverged: counted apart, never averaged, so the row is missing
+    assert t212.loc[4, "status"] == "missing (1 diverged)" and "1 diverged" in t212.loc[4, "note"]
     missing = t212.loc[[1, 2, 3]]
     assert missing["status"].str.startswith("missing").all()
     assert missing["reproduced_top1_mean"].isna().all() and missing["diff_pp"].isna().all()
@@ -592,7 +593,8 @@ def test_beyond_picks_the_best_paper_recipe_and_recipe_groups(recipes):
     assert base["diff_pp"] == pytest.approx(20.0) and base["diff_pairs"] == 2
     assert base["diff_ci_low"] == pytest.approx(20.0) and base["verdict"] == "too few seeds (n=2): no verdict"
     assert "epochs differ: paper recipe 20, recipe 30" in base["note"]
-    assert "recipe: best of 4 groups" in base["note"] and "paper recipe: best of 2 groups" in base["note"]
+    # 3, not 4: the 60-epoch scratch group has only a diverged run, which is never averaged
+    assert "recipe: best of 3 groups" in base["note"] and "paper recipe: best of 2 groups" in base["note"]
     best = table.loc[("mobilenet_v3_large", "animals")]
     assert (best["recipe"], best["recipe_top1_mean"], best["paper_recipe_top1_mean"]) == ("finetune", 98.5, 97.0)
     assert best["diff_pp"] == pytest.approx(1.5) and "epochs differ" not in str(best["note"])

@@ -4,16 +4,24 @@ Write a temp file beside the target, fsync it, rename it over the target, fsync 
 symlink is written through: the rename lands on the link's target, so the link stays a link (a
 shared results table is often one). On any failure (a full disk, a read-only folder) the temp
 file is removed and the OSError raised, so nothing half-written is left behind and the previous
-file is untouched.
+file is untouched; a full disk or quota is raised as `errors.DiskFull`, naming the path and the
+space left there. Temp files are named `.<name>.<pid>.<random>.tmp`: `resume.tidy` removes those
+whose writer is dead (a kill between open and rename).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
+
+from animalcls.errors import DiskFull
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -39,10 +47,44 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        code = full_disk_errno(exc)
+        if code is not None:
+            raise disk_full(path, code) from exc
         raise
     _fsync_dir(path.parent)
+
+
+def full_disk_errno(exc: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when `exc` (or what caused it) is a full disk or quota; torch reports one
+    as a RuntimeError that only names it in its text."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in FULL:
+            return seen.errno
+        if "no space left on device" in str(seen).lower():
+            return errno.ENOSPC
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def disk_full(path: Path, code: int = errno.ENOSPC) -> DiskFull:
+    """The error for a write to `path` that ran out of space, with the space left there now."""
+    try:
+        free = f"{_human(shutil.disk_usage(path.parent).free)} free"
+    except OSError:
+        free = "free space unknown"
+    what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the disk"
+    return DiskFull(code, f"{what} while writing {path} ({free} in {path.parent}); free some space", str(path))
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

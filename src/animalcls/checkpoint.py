@@ -35,6 +35,28 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
+RUN_DIR_CHECKPOINTS = ("best.pt", "last.pt")  # what a run dir keeps, preferred first
+
+
+def locate(path: str | Path) -> Path:
+    """The checkpoint `ckpt=` names: a file as given, or a run dir's best.pt, else its last.pt
+    (eval, predict and export all take either). AnimalclsError says what is there instead."""
+    if not str(path):
+        raise AnimalclsError("give the checkpoint to use: ckpt=outputs/runs/<date>/<run>/best.pt (or the run dir)")
+    given = Path(path)
+    if not given.is_dir():
+        return given  # a missing file is reported by `read`, with the rest of its checks
+    found = next((given / name for name in RUN_DIR_CHECKPOINTS if (given / name).is_file()), None)
+    if found is not None:
+        return found
+    inside = sorted(p.name + ("/" if p.is_dir() else "") for p in given.iterdir() if not p.name.startswith("."))
+    listing = ", ".join(inside[:8]) + (", ..." if len(inside) > 8 else "") if inside else "nothing"
+    raise AnimalclsError(
+        f"{path} is a folder without best.pt or last.pt (it holds {listing}); give a run dir of a run "
+        f"that finished an epoch, or a checkpoint file: ckpt=<run dir>/best.pt"
+    )
+
+
 def read(path: str | Path) -> dict[str, Any]:
     """An animalcls checkpoint, validated and migrated; AnimalclsError says what is wrong."""
     if not str(path):

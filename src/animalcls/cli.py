@@ -79,8 +79,6 @@ def _train_app() -> int:
             log.exception("the run failed")
             _job_failed(EXIT_FAILED)
             return float("nan")
-        if row is None:  # skipped: running elsewhere right now
-            return float("nan")
         if row["status"] == "interrupted":  # Ctrl-C / SIGTERM ends the whole sweep, cleanly
             _job_failed(EXIT_INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)

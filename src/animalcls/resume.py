@@ -7,12 +7,16 @@
   lineage and data id). A later run of the same id resumes from that run dir's `last.pt` only when
   the checkpoint is readable and was made on the same data and split; otherwise it says why and
   starts over. Pointers are never trusted blindly: an empty, garbled or foreign one is ignored.
+- `tidy` removes what killed runs leave behind: temp files of dead writers, unusable pointers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +68,10 @@ class Claim:
         # record is kept beside the new one, not overwritten
         previous.rename(self.run_dir / f"record.{time.strftime('%Y%m%dT%H%M%S')}.json")
 
+    @property
+    def owner_file(self) -> Path:
+        return Path(self.id_lock.lock_file + ".owner")
+
     def take_run_id(self) -> bool:
         """Own the run id; False when another process is running it right now."""
         Path(self.id_lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
@@ -71,12 +79,53 @@ class Claim:
             self.id_lock.acquire()
         except Timeout:
             return False
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        try:  # who holds it, for the message a second process prints; the lock itself is what counts
+            write_text_atomic(self.owner_file, json.dumps(owner))
+        except OSError as exc:
+            log.warning("could not note this process as the holder of run %s (%s)", self.run_id, exc)
         return True
 
+    def holder(self) -> dict[str, Any] | None:
+        """The holder's note (pid, host, started), or None when it has not written one (yet)."""
+        try:
+            value = json.loads(self.owner_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) and isinstance(value.get("pid"), int) else None
+
     def release(self) -> None:
+        if self.id_lock.is_locked:  # the note goes first: once released, the next holder writes its own
+            self.owner_file.unlink(missing_ok=True)
         for lock in (self.id_lock, self.dir_lock):
             if lock.is_locked:
                 lock.release()
+
+
+def busy_message(run_id: str, holder: dict[str, Any] | None) -> str:
+    """What a second process of a running run says: who holds it and what to do."""
+    if holder is None:
+        return (
+            f"run {run_id} is being trained by another process right now (it has not noted its pid yet): "
+            f"wait for it to finish, then run this again (it will skip the run as done)."
+        )
+    pid, host = holder["pid"], holder.get("host", "?")
+    here = host == socket.gethostname()
+    stopped = f" It is stopped (SIGSTOP): `kill -CONT {pid}` lets it go on." if here and _is_stopped(pid) else ""
+    return (
+        f"run {run_id} is held by process {pid} on {host} (since {holder.get('started', '?')}).{stopped} "
+        f"Wait for it to finish (this command then skips the run as done), or stop it "
+        f"(`kill {pid}`{'' if here else f' on {host}'}) and run this again to resume it."
+    )
+
+
+def _is_stopped(pid: int) -> bool:
+    """Whether process `pid` of this host is stopped (state T); False where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["T"]  # the name in (...) may hold spaces
 
 
 @dataclass(frozen=True)
@@ -89,6 +138,10 @@ class Pointer:
 
 def _pointer_path(results: str, run_id: str) -> Path:
     return unfinished_dir(results) / run_id
+
+
+def pointer_path(results: str, run_id: str) -> Path:
+    return _pointer_path(results, run_id)
 
 
 def write_pointer(results: str, pointer: Pointer) -> None:
@@ -183,3 +236,47 @@ def find_state(
     log.info("resuming from %s after epoch %d", last, state["epoch"])
     state["resumed_from"] = str(pointer.run_dir)
     return state
+
+
+# ---------------------------------------------------------------- leftovers of killed runs
+
+# atomic.write_atomic's temp names: .<name>.<pid>.<8 hex>.tmp
+_TMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _dead_writers_tmp(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _TMP.match(path.name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            found.append(path)
+    return found
+
+
+def tidy(run_dir: Path, pointer: Path | None = None) -> list[Path]:
+    """Remove what killed runs left: temp files of dead writers in `run_dir` and in the run dir
+    the pointer names, and the pointer itself when nothing can resume from it (garbled, or its
+    run dir has no last.pt). Call it holding the run id and run dir (no live writer is touched:
+    a temp file's name carries its writer's pid). Returns the paths removed, each logged."""
+    removed = _dead_writers_tmp(run_dir)
+    target = read_pointer(pointer) if pointer is not None and pointer.exists() else None
+    if target is not None and target.run_dir.resolve() != run_dir.resolve():
+        removed += _dead_writers_tmp(target.run_dir)
+    if pointer is not None and pointer.exists() and (target is None or not (target.run_dir / "last.pt").is_file()):
+        removed.append(pointer)
+    for path in removed:
+        path.unlink(missing_ok=True)
+        log.info("removed %s (left behind by a run that was killed)", path)
+    return removed

@@ -44,7 +44,7 @@ from animalcls.build import (
 from animalcls.config import validate
 from animalcls.data import data_identity, manifest
 from animalcls.engine import EpochBatches, Recipe, StepSettings, evaluate, fit
-from animalcls.errors import AnimalclsError, Interrupted, Pruned
+from animalcls.errors import AnimalclsError, DiskFull, Interrupted, Pruned, RunBusy
 from animalcls.machine import cpu_features, cpu_model, gpu_name
 from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
 
@@ -175,9 +175,9 @@ def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:
 EpochHook = Callable[[int, dict[str, Any]], None]  # (epoch, its history row); may raise Pruned
 
 
-def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = None) -> dict[str, Any] | None:
-    """Train, validate and test one configuration; returns its results row, the done row (with
-    `skipped`) when it was done before, or None when another process is running it.
+def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = None) -> dict[str, Any]:
+    """Train, validate and test one configuration; returns its results row, or the done row (with
+    `skipped`) when it was done before. Raises RunBusy when another process is running it now.
 
     `epoch_hook(epoch, history_row)` runs after every epoch (a search reports the val top-1 there
     and may raise `errors.Pruned`, which ends the run as `pruned`).
@@ -202,9 +202,7 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
         row = settings_row(cfg, resolved)
         claim = resume.Claim(cfg.results, row["run_id"], run_dir)
         try:
-            if not ctx.from_main(lambda: claim.take_run_id()):
-                log.warning("skipping: run %s is running in another process right now", row["run_id"])
-                return None
+            ctx.from_main(lambda: _take_run_id(claim))
             done = ctx.from_main(lambda: None if cfg.force else done_row(cfg, row["run_id"]))
             if done is not None:
                 log.info(
@@ -212,9 +210,18 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
                 )
                 return {**done, "skipped": True}
             ctx.from_main(claim.take_run_dir)
+            if ctx.is_main:  # owning both, no live writer's file can be touched
+                resume.tidy(run_dir, resume.pointer_path(cfg.results, row["run_id"]))
             return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row, epoch_hook)
         finally:
             claim.release()
+
+
+def _take_run_id(claim: resume.Claim) -> None:
+    """Own the run id, or stop naming its holder: a stopped or hung holder would otherwise make
+    every identical run skip silently, with nothing trained."""
+    if not claim.take_run_id():
+        raise RunBusy(resume.busy_message(claim.run_id, claim.holder()))
 
 
 def _run_claimed(
@@ -300,15 +307,13 @@ def _run_and_record(
             resume.remove_pointer(cfg.results, row["run_id"])
         return row
     except Interrupted:
-        log.warning(
-            "interrupted (%s): the state of the last complete epoch is in %s; run the same command again to resume",
-            stop.signal_name or "stop",
-            run_dir / "last.pt",
-        )
+        log.warning(_interrupted_note(stop.signal_name or "stop", run_dir, progress["epochs_done"]))
         row.update(status="interrupted", epochs_done=progress["epochs_done"])
         if ctx.is_main:  # the other ranks train and evaluate, and record nothing
             record(cfg, run_dir, row)
         return row
+    except DiskFull as exc:
+        raise _disk_full(cfg, run_dir, row, progress["epochs_done"], exc, ctx.is_main) from None
     except AnimalclsError:  # bad input found late (e.g. weights): a message, no row
         if ctx.is_main:
             resume.remove_pointer(cfg.results, row["run_id"])
@@ -321,8 +326,42 @@ def _run_and_record(
         raise
     row.update(outcome)
     if ctx.is_main:
-        _finish(cfg, run_dir, row, details)
+        try:
+            _finish(cfg, run_dir, row, details)
+        except DiskFull as exc:
+            raise _disk_full(cfg, run_dir, row, progress["epochs_done"], exc, True) from None
     return row
+
+
+def _interrupted_note(signal_name: str, run_dir: Path, epochs_done: int) -> str:
+    """What a re-run does after an interruption: resume from last.pt, or start over without one."""
+    last = run_dir / "last.pt"
+    if last.is_file():
+        return (
+            f"interrupted ({signal_name}): the state of the last complete epoch is in {last}; "
+            f"run the same command again to resume"
+        )
+    when = "before the first epoch ended (while decoding the images or training)" if not epochs_done else "early"
+    return (
+        f"interrupted ({signal_name}) {when}: no checkpoint was saved in {run_dir}, so running the "
+        f"same command again starts this run from the beginning"
+    )
+
+
+def _disk_full(
+    cfg: DictConfig, run_dir: Path, row: dict[str, Any], epochs_done: int, exc: DiskFull, is_main: bool
+) -> DiskFull:
+    """Record a failed row naming the full disk (when there is room for it), keep last.pt and the
+    resume pointer (the last good state), and return the error to raise: what, where, what next."""
+    row.update(status="failed", epochs_done=epochs_done, error=f"DiskFull: {exc}"[:500])
+    if is_main:
+        try:
+            record(cfg, run_dir, row)
+        except AnimalclsError as also:
+            log.error("the failed row could not be recorded either: %s", also)
+    last = run_dir / "last.pt"
+    then = f"it resumes from {last}" if last.is_file() else "it starts over"
+    return DiskFull(exc.errno or 0, f"{exc}, then run the same command again: {then}.", str(exc.filename))
 
 
 def _pruned_outcome(history: list[dict[str, Any]]) -> dict[str, Any]:

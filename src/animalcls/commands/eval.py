@@ -1,4 +1,4 @@
-"""`animalcls eval ckpt=PATH [device=auto] [data.root=DIR] [data.cache_dir=DIR] [eval_batch_size=N] [workers=N]`
+"""`animalcls eval ckpt=PATH|RUN_DIR [device=auto] [data.root=DIR] [data.cache_dir=DIR] [eval_batch_size=N] [workers=N]`
 
 Re-measures a checkpoint on the test split saved beside it (`split.csv` of its run dir), with the
 settings it was trained with; only where and how fast it runs, and where the data lives now, may
@@ -38,12 +38,13 @@ SPLIT_COLUMNS = {"path", "label_idx", "split"}
 
 def main(args: list[str]) -> int:
     given, keys = checked_overrides(args, "eval", ACCEPTED)
-    loaded = checkpoint.read(given.ckpt)
-    run_cfg, classes, model = checkpoint.model_from(loaded, given.ckpt)
+    ckpt = checkpoint.locate(given.ckpt)  # a run dir means its best.pt (else last.pt)
+    loaded = checkpoint.read(ckpt)
+    run_cfg, classes, model = checkpoint.model_from(loaded, ckpt)
     cfg = overlay(run_cfg, given, keys)
-    prepared = test_split(cfg, Path(given.ckpt).parent / "split.csv", classes)
+    prepared = test_split(cfg, ckpt.parent / "split.csv", classes)
     metrics = measure(cfg, model, prepared, resolve_device(cfg.device))
-    print(f"checkpoint {given.ckpt}: {len(prepared.split['test'])} test images")
+    print(f"checkpoint {ckpt}: {len(prepared.split['test'])} test images")
     for k in (1, 3, 5):
         print(f"test_top{k}  {metrics[f'top{k}']:.2f}")
     print(f"test_loss  {metrics['loss']:.4f}")

@@ -1,4 +1,4 @@
-"""`animalcls export ckpt=PATH [out=DIR] [opset=17] [images=folder/] [repeats=50]`
+"""`animalcls export ckpt=PATH|RUN_DIR [out=DIR] [opset=17] [images=folder/] [repeats=50]`
 
 Writes the checkpoint's model as ONNX (`model.onnx`, opset 17 by default) and as TorchScript
 (`model.pt`, traced) beside the checkpoint, or in out=DIR. Both take a batch of any size (a dynamic
@@ -103,6 +103,7 @@ def _checked(options: dict[str, Any]) -> tuple[str, Path, int, int]:
     ckpt = options.get("ckpt", "")
     if not isinstance(ckpt, str) or not ckpt:
         raise AnimalclsError("give the checkpoint to export: ckpt=outputs/runs/<date>/<run>/best.pt")
+    ckpt = str(checkpoint.locate(ckpt))  # a run dir means its best.pt (else last.pt)
     out = options.get("out", str(Path(ckpt).parent))
     opset, repeats = options.get("opset", DEFAULT_OPSET), options.get("repeats", 50)
     if not isinstance(out, str) or not out:

@@ -1,4 +1,4 @@
-"""`animalcls predict ckpt=PATH images=[a.jpg,folder/] [out=PATH.csv] [format=topk|submission]
+"""`animalcls predict ckpt=PATH|RUN_DIR images=[a.jpg,folder/] [out=PATH.csv] [format=topk|submission]
 [tta=false] [device=auto] [eval_batch_size=N] [workers=N]`
 
 Prints each image's path and its top-5 classes with probabilities. A folder is searched
@@ -71,6 +71,8 @@ def main(args: list[str]) -> int:
     ckpts = checkpoint_paths(options.get("ckpt"))
     out, fmt, tta = output_options(options)
     files = image_files([str(entry) for entry in given.images])
+    if out is not None:
+        refuse_overwriting_inputs(out, [*ckpts, *files, str(given.results)])
     device = resolve_device(given.device)
     members, classes = load_members(ckpts, given, keys, device)
     batch_size = given.eval_batch_size or DEFAULT_BATCH
@@ -114,7 +116,19 @@ def checkpoint_paths(value: Any) -> list[str]:
             "give the checkpoint to use: ckpt=outputs/runs/<date>/<run>/best.pt, or several for an "
             "ensemble: ckpt=[a.pt,b.pt]"
         )
-    return list(dict.fromkeys(values))
+    # a run dir means its best.pt (else last.pt)
+    return list(dict.fromkeys(str(checkpoint.locate(v)) for v in values))
+
+
+def refuse_overwriting_inputs(out: Path, inputs: list[str]) -> None:
+    """out= must not be a checkpoint, an image or the results table (through a link or `..` too):
+    the CSV would replace it, and the predictions are written only after every image is read."""
+    target = os.path.realpath(out)
+    clash = next((i for i in inputs if os.path.realpath(i) == target), None)
+    if clash is not None:
+        raise AnimalclsError(
+            f"out={out} is {clash}, an input of this command; give another file, e.g. out=predictions.csv"
+        )
 
 
 def output_options(options: dict[str, Any]) -> tuple[Path | None, str, bool]:

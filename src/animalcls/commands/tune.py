@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from animalcls.atomic import write_text_atomic
 from animalcls.commands import given_keys, parse_overrides, split_options
 from animalcls.config import GROUPS, compose, group_options, validate
-from animalcls.errors import AnimalclsError, Interrupted, Pruned
+from animalcls.errors import AnimalclsError, Interrupted, Pruned, RunBusy
 from animalcls.run import StopRequest, run_training, stop_on_signals
 
 if TYPE_CHECKING:
@@ -516,8 +516,6 @@ class Objective:
             "trial %d%s: %s", trial.number, f" (trial {retry} again)" if retry is not None else "", " ".join(overrides)
         )
         row = self._run(trial, cfg, run_dir)
-        if row is None:
-            raise TrialFailed("the same configuration is running in another process right now")
         status = str(row.get("status", ""))
         trial.set_user_attr("run_id", str(row.get("run_id", "")))
         trial.set_user_attr("status", status)
@@ -538,7 +536,7 @@ class Objective:
         log.info("trial %d: %s val top-1 %.2f%%, run dir %s", trial.number, done, value, row.get("run_dir", run_dir))
         return value
 
-    def _run(self, trial: optuna.Trial, cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    def _run(self, trial: optuna.Trial, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         def epoch_hook(epoch: int, row: dict[str, Any]) -> None:
             value = _number(row.get("val_top1"))
             if value is None:
@@ -550,6 +548,8 @@ class Objective:
         with train_log(run_dir):
             try:
                 return run_training(cfg, run_dir, epoch_hook=epoch_hook)
+            except RunBusy as exc:  # another process trains this configuration: this trial fails, the study goes on
+                raise TrialFailed(str(exc)) from None
             except (AnimalclsError, Interrupted, KeyboardInterrupt):
                 raise
             except Exception as exc:  # recorded as a failed row by run_training; the study goes on

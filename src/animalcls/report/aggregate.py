@@ -23,6 +23,7 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import pandas as pd
 
 from animalcls import paper, record
@@ -172,8 +173,10 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
 
     Adds `data_name`, `ran_as`, `paper_config` (the recorded one, else `ran_as`), `repeat_key`,
     `diffs` (settings that differ from that paper configuration) and `counted` (whether its
-    accuracy is averaged). An empty `recipe` (a table written before recipes existed) reads as
-    the paper's recipe.
+    accuracy is averaged: `ok` runs with a finite test top-1 only). An `ok` row whose test top-1
+    is NaN or infinite reads as `diverged`: it is counted apart, never averaged (one such row
+    made every mean of its group NaN or -inf). An empty `recipe` (a table written before recipes
+    existed) reads as the paper's recipe.
     """
     frame = dedupe(_types(frame))
     frame["recipe"] = frame["recipe"].where(frame["recipe"] != "", PAPER_RECIPE)
@@ -183,7 +186,9 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame["repeat_key"] = [repeat_key(r) for r in frame.to_dict("records")]
     known = paper.configs().set_index("paper_config").to_dict("index")
     frame["diffs"] = ["; ".join(_diffs(r, known.get(r["paper_config"]))) for r in frame.to_dict("records")]
-    frame["counted"] = (frame["status"] == "ok") | ((frame["status"] == "diverged") & frame["test_top1"].notna())
+    finite = pd.Series(np.isfinite(frame["test_top1"].to_numpy(dtype=float)), index=frame.index)
+    frame["status"] = frame["status"].where((frame["status"] != "ok") | finite, "diverged")
+    frame["counted"] = (frame["status"] == "ok") & finite
     return frame
 
 
@@ -200,7 +205,8 @@ def _diffs(row: dict, config: dict | None) -> list[str]:
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """Seed repeats -> one row per (paper_config, repeat_key): see AGGREGATE_COLUMNS.
 
-    n = runs averaged (one per seed), n_runs, n_ok, n_diverged, n_failed (failed + interrupted),
+    n = runs averaged (one per seed; ok runs with finite accuracy), n_runs, n_ok, n_diverged
+    (diverged, never averaged), n_failed (failed + interrupted, never averaged),
     seeds, `<metric>_mean` / `<metric>_std` for test top-1/3/5 and val top-1, and the means of
     gflops, gmacs_fvcore, params, train_seconds. `frame` is a prepared table (see `prepare`);
     std is the sample std (NaN for n=1).
@@ -241,7 +247,7 @@ def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
         run_ids=";".join(group["run_id"]),
     )
     for metric in (*ACCURACY, "val_top1"):
-        values = counted[metric].dropna()
+        values = counted[metric][np.isfinite(counted[metric].to_numpy(dtype=float))]  # never a NaN or inf mean
         row[f"{metric}_mean"] = values.mean() if len(values) else float("nan")
         row[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else float("nan")
     for metric in ("gflops", "gmacs_fvcore", "params", "train_seconds"):
@@ -264,7 +270,7 @@ def first_of(counted: pd.DataFrame, paper_config: str) -> dict | None:
 
 def ranked_ok(frame: pd.DataFrame) -> pd.DataFrame:
     """ok runs with a test accuracy, best first (as the paper picks its best model)."""
-    ok = frame[(frame["status"] == "ok") & frame["test_top1"].notna()]
+    ok = frame[(frame["status"] == "ok") & np.isfinite(frame["test_top1"].to_numpy(dtype=float))]
     return ok.sort_values(["test_top1", "val_top1"], ascending=False, kind="mergesort")
 
 

@@ -18,9 +18,9 @@ Rules (also stated in report.md):
   else its latest row.
 - Only true repeats are averaged: runs with one paper_config and one repeat_id (the same settings,
   precision, split and data, differing by seed alone; see `report.aggregate`), one run per seed:
-  mean, sample std (ddof=1) and n. Averaged are `ok` runs and `diverged` runs that recorded a test
-  accuracy (a diverged configuration really does score near chance, which is what the paper's
-  1.56 % / 2.76 % rows look like); `failed` and `interrupted` runs are counted, never averaged.
+  mean, sample std (ddof=1) and n. Averaged are `ok` runs with a finite test accuracy; `diverged`
+  runs (and `ok` rows whose accuracy is NaN or infinite), `failed` and `interrupted` runs are
+  counted apart, never averaged (a non-finite number would make the mean NaN or -inf).
 - A paper row with no averaged run shows "missing" (empty numbers in CSV), never 0.
 - Runs of a table written before recipes existed count as the paper's recipe; the paper's tables
   prefer groups trained with the paper's recipe. "Beyond the paper" compares recipes on one data
@@ -238,10 +238,9 @@ def _choices_section(frame: pd.DataFrame, bases: list[Path]) -> list[str]:
 def _rules() -> list[str]:
     return [
         "- **Reproduced** = test top-1 accuracy, mean ± sample std (ddof = 1) over seed repeats; "
-        "**n** = runs averaged. Averaged are `ok` runs and `diverged` runs that recorded a test "
-        "accuracy (a configuration that diverges really does score near chance, as the paper's "
-        "1.56 % and 2.76 % rows suggest); `failed` and `interrupted` runs are counted in the notes "
-        "and never averaged.",
+        "**n** = runs averaged. Averaged are `ok` runs with a finite test accuracy; `diverged` "
+        "runs (a NaN or infinite loss or accuracy), `failed` and `interrupted` runs are counted "
+        "in the notes and never averaged.",
         "- Only true repeats are averaged: runs that differ by seed alone (one `repeat_id`: the "
         "same settings, precision, split and data set), one run per seed. Runs recorded before "
         "`repeat_id` existed are grouped by their settings, data, precision and split. Other "

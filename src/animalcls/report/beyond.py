@@ -164,7 +164,7 @@ def _note(
         notes.append(f"recipe: best of {other_of} groups")
     for label, group in (("paper recipe", own), ("recipe", other)):
         if group is not None and group["n_diverged"]:
-            notes.append(f"{label}: {group['n_diverged']} diverged run(s) averaged")
+            notes.append(f"{label}: {group['n_diverged']} diverged run(s), not averaged")
         if group is not None and group["n_stopped_early"]:
             notes.append(f"{label}: {group['n_stopped_early']} of {group['n']} run(s) stopped early")
     if not is_blank(paper_best) and key_name != "animals":

@@ -123,7 +123,7 @@ def _row_note(paper_row: dict, group: dict | None, others: int) -> str:
         if _recipe_of(group):
             notes.append(f"not the paper's recipe: recipe {_recipe_of(group)}")
         if group["n_diverged"]:
-            notes.append(f"{group['n_diverged']} diverged")
+            notes.append(f"{group['n_diverged']} diverged (not averaged)")
         if group["n_failed"]:
             notes.append(f"{group['n_failed']} failed/interrupted (not averaged)")
     if others:
