@@ -208,7 +208,7 @@ def test_two_processes_share_one_study(tmp_path, images, space):
         (["n_trials=0"], "n_trials must be a whole number >= 1"),
         (["space=nosuch"], "space=nosuch is not a known search space; choose one of: default"),
         (["+hparams_search=optuna"], "the Hydra Optuna sweeper is retired (hparams_search=optuna)"),
-        (["lr=-1"], "lr must be > 0"),
+        (["lr=-1"], "lr=-1 is out of range"),
     ],
 )
 def test_bad_input_is_one_message_and_writes_nothing(tmp_path, images, cli, capsys, extra, message):

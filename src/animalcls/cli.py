@@ -74,10 +74,12 @@ def _train_app() -> int:
                 raise
             log.error("error: %s", exc)
             _job_failed(EXIT_BAD_INPUT)
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             return float("nan")
         except Exception:  # recorded as a failed row; a sweep goes on with the next job
             log.exception("the run failed")
             _job_failed(EXIT_FAILED)
+            _remove_if_empty(Path(HydraConfig.get().runtime.output_dir))
             return float("nan")
         if row["status"] == "interrupted":  # Ctrl-C / SIGTERM ends the whole sweep, cleanly
             _job_failed(EXIT_INTERRUPTED)
@@ -87,12 +89,10 @@ def _train_app() -> int:
         value = row.get("val_top1")
         return float("nan") if value is None else float(value)
 
-    from animalcls.config import check_group_choices
     from animalcls.errors import AnimalclsError
 
     try:
-        _refuse_retired_sweeper(sys.argv[1:])
-        check_group_choices(sys.argv[1:])
+        _check_before_hydra(sys.argv[1:])
     except AnimalclsError as exc:
         print(f"animalcls train: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -107,6 +107,66 @@ def _train_app() -> int:
     if "dir" in _sweep:  # a multirun: count the jobs that ran in other processes too
         _fail(sweep_exit_code(_sweep["dir"], _sweep["start"]))
     return _exit_code
+
+
+def _check_before_hydra(args: list[str]) -> None:
+    """Reject bad input before Hydra makes a run dir: names, keys and types of the overrides
+    always; a single run's whole config (ranges, keys against each other) too. A sweep's jobs
+    are each validated in their run (its combinations are Hydra's to expand); `--cfg`, `--help`
+    and another config (`-cn`, `-cp`, `-cd`) are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    from animalcls.config import check_group_choices, check_overrides, compose, validate
+
+    _refuse_retired_sweeper(args)
+    check_group_choices(args)
+    parsed, _ = get_args_parser().parse_known_args(args)
+    if parsed.config_name or parsed.config_path or parsed.config_dir:
+        return
+    overrides = list(parsed.overrides)
+    check_overrides(overrides)
+    if _is_multirun(args) or parsed.cfg or parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion:
+        return
+    _refuse_experiment_without_multirun(overrides)
+    # Hydra's own settings do not change the job's config, and some resolve only inside a Hydra run
+    validate(compose([o for o in overrides if not o.lstrip("+~").startswith("hydra")]))
+
+
+def _refuse_experiment_without_multirun(overrides: list[str]) -> None:
+    from animalcls.errors import AnimalclsError
+
+    for override in overrides:
+        key, _, value = override.lstrip("+").partition("=")
+        if key.startswith("experiment") and value:
+            raise AnimalclsError(_experiment_needs_multirun(value))
+
+
+def _experiment_needs_multirun(experiment: str) -> str:
+    return (
+        f"+experiment={experiment} is a sweep over a paper table's rows: add -m, "
+        f"e.g. `animalcls train -m +experiment={experiment}`."
+    )
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run that stopped before it wrote anything of its own leaves only Hydra's .hydra and its log
+    (whose lines were on stderr too): nothing worth a run dir, so remove it, and the date dir and
+    runs dir above it where they are left empty. Removes only these files, never a dir with
+    anything else in it."""
+    try:
+        entries = list(run_dir.iterdir())
+        hydra_files = list((run_dir / ".hydra").iterdir()) if (run_dir / ".hydra").is_dir() else []
+        if not all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
+            return
+        if not all(f.is_file() and f.suffix == ".yaml" for f in hydra_files):
+            return
+        for path in [*hydra_files, *(e for e in entries if e.is_file())]:
+            path.unlink()
+        for folder in (run_dir / ".hydra", run_dir, run_dir.parent, run_dir.parent.parent):
+            if folder.exists():
+                folder.rmdir()  # fails (and stops here) where something else is left
+    except OSError:
+        return
 
 
 # The sweep's exit status. `@hydra.main` returns nothing for a multirun, and a job that runs in a
@@ -201,10 +261,7 @@ def _require_multirun_for_sweeps() -> None:
     hydra_cfg = HydraConfig.get()
     experiments = [v for k, v in hydra_cfg.runtime.choices.items() if k.startswith("experiment") and v]
     if hydra_cfg.mode == RunMode.RUN and experiments:
-        raise AnimalclsError(
-            f"+experiment={experiments[0]} is a sweep over a paper table's rows: add -m, "
-            f"e.g. `animalcls train -m +experiment={experiments[0]}`."
-        )
+        raise AnimalclsError(_experiment_needs_multirun(experiments[0]))
 
 
 # each animalcls.commands.<name>.main

@@ -1,20 +1,25 @@
 """Typed configs: the schema Hydra merges every YAML into, and the checks Hydra cannot express.
 
-A wrong type or an unknown key fails while Hydra composes (before any work); a nonsensical value
-(lr <= 0, ...) fails in `validate` with a message that says what is allowed. The allowed names
-come from `animalcls.registry`.
+A mistyped key or a value of the wrong type fails in `check_overrides`, before Hydra composes; a
+value out of its range (`RANGES`: every number has one, finite) or inconsistent with another key
+fails in `validate`. Each is one line naming the key, the value and what is allowed. The allowed
+names come from `animalcls.registry`.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
+import math
 import re
+import types
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, get_args, get_origin, get_type_hints
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from animalcls.errors import AnimalclsError
 from animalcls.registry import AUGMENTATIONS, LOSSES, MODELS, OPTIMIZERS, SCHEDULES, TRACKERS
@@ -201,18 +206,6 @@ def _flatten(node: Mapping[Any, Any], prefix: str) -> dict[str, Any]:
     return flat
 
 
-def schema_leaves() -> dict[str, Any]:
-    """Every leaf key of the schema with its default, in schema order (a fresh dict each call)."""
-    return dict(_schema_leaves(Config))  # Config looked up per call: a test may swap the schema
-
-
-@functools.cache
-def _schema_leaves(schema: type) -> tuple[tuple[str, Any], ...]:
-    node = OmegaConf.structured(schema)
-    assert isinstance(node, DictConfig)
-    return tuple(leaves(node).items())
-
-
 GROUPS = ("model", "optim", "loss", "aug", "data", "sched", "recipe", "logger")
 
 
@@ -240,6 +233,121 @@ def check_group_choices(overrides: list[str]) -> None:
                 )
 
 
+def _group_dirs() -> list[str]:
+    """The config groups, also those picked only with `+` (experiment, paper_config, ...)."""
+    from importlib.resources import files
+
+    return sorted(p.name for p in files("animalcls.conf").iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
+def _plain(value: Any) -> Any:
+    """A parsed override value as Python data (Hydra's QuotedString as its text)."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return getattr(value, "text", value)
+
+
+def _number(value: Any, kind: str) -> float | int | None:
+    """`value` as OmegaConf would store it in a float or int field; None where it refuses it."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (kind == "float" and isinstance(value, float)):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value) if kind == "float" else int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _fits(value: Any, kind: str) -> bool:
+    """Whether a value has the right type for a leaf of this kind (its range is checked apart)."""
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_fits(v, kind[5:-1]) for v in value)
+    if kind in ("float", "int"):
+        return _number(value, kind) is not None
+    if kind == "bool":
+        return isinstance(value, (bool, int)) or str(value).lower() in ("true", "false", "yes", "no", "on", "off")
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _in_range(key: str, value: Any, kind: str) -> bool:
+    rng = RANGES.get(key)
+    if rng is None:
+        return True
+    values = value if isinstance(value, list) else [value]
+    return all(rng.contains(_number(v, kind.removeprefix("list[").removesuffix("]"))) for v in values)  # type: ignore[arg-type]
+
+
+def _check_value(key: str, value: Any, text: str) -> None:
+    kind, default = schema_fields()[key]
+    if isinstance(value, str) and "${" in value:  # an interpolation: checked once composed
+        return
+    if not _fits(value, kind):
+        raise AnimalclsError(f"{text}: {key} takes {_takes(key, kind)} (e.g. {_example(key, kind, default)})")
+    if not _in_range(key, value, kind):
+        raise _out_of_range(key, value, text)
+
+
+def _unknown_key(key: str, text: str, leaves: list[str]) -> AnimalclsError:
+    """A key the schema lacks, with the nearest keys: `epoch=3` -> epochs, `optim.lrr` -> lr."""
+    nodes = sorted({leaf.rsplit(".", 1)[0] for leaf in leaves if "." in leaf})
+    parent = max((node for node in nodes if key.startswith(node + ".")), key=len, default="")
+    # the right name under the wrong parent (`optim.lr` for the top-level lr): its last part alone
+    last_parts = sorted({leaf.rsplit(".", 1)[-1] for leaf in leaves})
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], last_parts, n=3, cutoff=0.7)
+    near = [leaf for leaf in leaves if leaf.rsplit(".", 1)[-1] in close]
+    near += difflib.get_close_matches(key, leaves + nodes + _group_dirs(), n=3, cutoff=0.75)
+    near = [name for name in dict.fromkeys(near) if name != parent][:4]
+    where = f"{parent} has no key {key[len(parent) + 1 :]}" if parent else f"there is no key {key}"
+    hint = f"did you mean {' or '.join(near)}?" if near else "`animalcls train --cfg job` lists every key."
+    return AnimalclsError(f"{text}: {where}; {hint}")
+
+
+def _values_of(override: Any) -> list[Any] | None:
+    """The values an override sets: one, or each of a choice sweep (`lr=0.1,0.01`, choice(...));
+    None for range and interval sweeps, left to Hydra."""
+    from hydra.core.override_parser.types import ValueType
+
+    if override.value_type == ValueType.ELEMENT:
+        return [_plain(override.value())]
+    if override.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP):
+        return [_plain(v) for v in override.value().list]
+    return None
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Each `key=value` as Hydra parses it, against the schema, before Hydra composes: a mistyped
+    key or a value of the wrong type or range is one line saying what is allowed (Hydra's own
+    errors are several lines, and do not suggest the key that was meant). Hydra's keys, groups,
+    deletions and `@package` overrides are left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise AnimalclsError(str(exc).strip().replace("\n", " ")) from None
+    known = schema_fields()
+    groups = _group_dirs()
+    for override in parsed:
+        key, text = override.key_or_group, override.input_line or override.key_or_group
+        if override.type == OverrideType.DEL or override.package is not None:
+            continue
+        if key.split(".")[0] == "hydra" or key in groups or "/" in key:  # Hydra's settings, group choices
+            continue
+        if key not in known:
+            if override.type != OverrideType.CHANGE or any(leaf.startswith(key + ".") for leaf in known):
+                continue  # `+key=` adds a key on purpose; a whole node (`bench={...}`): Hydra checks it
+            raise _unknown_key(key, text, list(known))
+        for value in _values_of(override) or []:
+            _check_value(key, value, f"{key}={_text(value)}" if override.is_sweep_override() else text)
+
+
 def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
@@ -251,6 +359,7 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_module
 
     check_group_choices(overrides)
+    check_overrides(overrides)
     register_schema()
     try:
         with initialize_config_module(config_module="animalcls.conf", version_base="1.3"):
@@ -270,78 +379,224 @@ def _choice(value: str, allowed: Iterable[str], key: str) -> None:
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding, which seed_everything also sets, takes 32 bits
 
 
-def _rules(cfg: DictConfig) -> list[tuple[bool, str]]:
-    aug, optim = cfg.aug, cfg.optim
-    return [
-        (cfg.lr > 0, f"lr must be > 0 (got {cfg.lr}); e.g. lr=0.001"),
-        (cfg.batch_size >= 1, f"batch_size must be >= 1 (got {cfg.batch_size}); e.g. batch_size=16"),
-        (cfg.epochs >= 1, f"epochs must be >= 1 (got {cfg.epochs}); e.g. epochs=10"),
-        (0 <= cfg.seed <= MAX_SEED, f"seed must be in 0..{MAX_SEED} (got {cfg.seed}); e.g. seed=0"),
-        (cfg.workers >= 0, f"workers must be >= 0 (got {cfg.workers})"),
-        (
-            cfg.eval_batch_size >= 0,
-            f"eval_batch_size must be >= 0, 0 meaning 4 x batch_size (got {cfg.eval_batch_size})",
-        ),
-        (optim.momentum >= 0, f"optim.momentum must be >= 0 (got {optim.momentum}); e.g. optim.momentum=0.9"),
-        (optim.weight_decay >= 0, f"optim.weight_decay must be >= 0 (got {optim.weight_decay})"),
-        (0.0 <= cfg.model.dropout < 1.0, f"model.dropout must be in [0, 1) (got {cfg.model.dropout})"),
-        (0.0 <= aug.hflip <= 1.0, f"aug.hflip is a probability in [0, 1] (got {aug.hflip})"),
-        (0.0 <= aug.rotation <= 180.0, f"aug.rotation is in degrees, 0 to 180 (got {aug.rotation})"),
-        (
-            aug.crop >= 8 and aug.resize >= aug.crop,
-            f"aug.crop must be >= 8 and <= aug.resize (got crop={aug.crop}, resize={aug.resize})",
-        ),
-        (
-            len(aug.mean) == 3 and all(0.0 <= m <= 1.0 for m in aug.mean),
-            f"aug.mean needs one value in [0, 1] per RGB channel (got {list(aug.mean)}); "
-            f"e.g. aug.mean=[0.485,0.456,0.406]",
-        ),
-        (
-            len(aug.std) == 3 and all(s > 0 for s in aug.std),
-            f"aug.std needs one value > 0 per RGB channel (got {list(aug.std)}); e.g. aug.std=[0.229,0.224,0.225]",
-        ),
-    ]
+@dataclass(frozen=True)
+class Range:
+    """The values a number of the schema may take (each element, for a list of numbers): always
+    finite, and bounded on both sides, so that a typo (1e11 epochs, a 100000 px cache) fails here
+    rather than hours into a run."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    example: str = ""  # the value shown after "e.g. key="
+    note: str = ""  # what a special value means, e.g. "0 = off"
+
+    def contains(self, value: float) -> bool:
+        # written so that NaN fails: every comparison with NaN is false
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        above = self.lo < value if self.lo_open else self.lo <= value
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def interval(self) -> str:
+        return f"{'(' if self.lo_open else '['}{_bound(self.lo)}, {_bound(self.hi)}{')' if self.hi_open else ']'}"
 
 
-def _recipe_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
-    aug, mix, sched = cfg.aug, cfg.mix, cfg.sched
-    scale, ratio = list(aug.rrc_scale), list(aug.rrc_ratio)
+def _r(lo: float, hi: float, example: str, note: str = "", lo_open: bool = False, hi_open: bool = False) -> Range:
+    return Range(lo, hi, lo_open, hi_open, example, note)
+
+
+MAX_EPOCHS, MAX_BATCH, MAX_SIDE = 100_000, 65_536, 4096
+
+# Every number in `Config`, by dotted key (a test checks that none is missing). The upper bounds are
+# far beyond any sensible run but keep typos out: lr 10 is already divergent for every optimizer
+# here, 4096 px is 16x the largest view a recipe uses.
+RANGES: dict[str, Range] = {
+    "lr": _r(0, 10, "0.001", lo_open=True),
+    "batch_size": _r(1, MAX_BATCH, "16"),
+    "epochs": _r(1, MAX_EPOCHS, "10"),
+    "seed": _r(0, MAX_SEED, "0"),
+    "workers": _r(0, 256, "2"),
+    "eval_batch_size": _r(0, MAX_BATCH, "64", "0 = 4 x batch_size"),
+    "model.dropout": _r(0, 1, "0.5", hi_open=True),
+    "optim.momentum": _r(0, 1, "0.9", hi_open=True),  # 1 or more never forgets a gradient: divergence
+    "optim.weight_decay": _r(0, 10, "0.0001"),
+    "optim.clip_grad_norm": _r(0, 1e6, "1.0", "0 = off"),
+    "loss.label_smoothing": _r(0, 1, "0.1", hi_open=True),
+    "sched.warmup_epochs": _r(0, MAX_EPOCHS, "1.0"),
+    "sched.warmup_steps": _r(0, 10**9, "500"),
+    "sched.min_lr_ratio": _r(0, 1, "0.0"),
+    "sched.step_epochs": _r(1, MAX_EPOCHS, "30"),
+    "sched.gamma": _r(0, 1, "0.1", lo_open=True),
+    "sched.pct_start": _r(0, 1, "0.3", lo_open=True, hi_open=True),
+    "sched.div_factor": _r(1, 1e6, "25.0"),  # < 1 would start above lr, the peak
+    "sched.final_div_factor": _r(1, 1e9, "10000.0"),
+    "mix.mixup_alpha": _r(0, 100, "0.2", "0 = off"),
+    "mix.cutmix_alpha": _r(0, 100, "1.0", "0 = off"),
+    "mix.prob": _r(0, 1, "1.0"),
+    "mix.switch_prob": _r(0, 1, "0.5"),
+    "ema.decay": _r(0, 1, "0.999", "0 = off", hi_open=True),
+    "finetune.freeze_epochs": _r(0, MAX_EPOCHS, "1"),
+    "finetune.head_lr_mult": _r(0, 1000, "10.0", lo_open=True),
+    "early_stop.patience": _r(0, MAX_EPOCHS, "5", "0 = off"),
+    "early_stop.min_delta": _r(0, 100, "0.1", "percentage points"),
+    "aug.resize": _r(8, MAX_SIDE, "112"),
+    "aug.crop": _r(8, MAX_SIDE, "112"),
+    "aug.hflip": _r(0, 1, "0.5"),
+    "aug.rotation": _r(0, 180, "15", "degrees"),
+    "aug.mean": _r(0, 1, "[0.485,0.456,0.406]"),
+    "aug.std": _r(0, 1, "[0.229,0.224,0.225]", lo_open=True),
+    "aug.cache_size": _r(0, MAX_SIDE, "128", "0 = off"),
+    "aug.rrc_scale": _r(0, 1, "[0.35,1.0]", lo_open=True),
+    "aug.rrc_ratio": _r(0, 100, "[0.75,1.3333333]", lo_open=True),
+    "aug.color_jitter": _r(0, 1, "0.4"),
+    "data.split": _r(0, 1, "[0.85,0.05,0.10]"),
+    "bench.batches": _r(1, 100_000, "8"),
+    "bench.warmup": _r(0, 100_000, "2"),
+    "bench.eval_batches": _r(1, 100_000, "4"),
+    "bench.rounds": _r(1, 1000, "1"),
+}
+
+
+def _bound(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"  # seed's 4294967295 in full, 1e+06
+
+
+def _text(value: Any) -> str:
+    """A value as it is typed on the command line: 0.001, nan, inf, [0.5,nan]."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return repr(value)  # 1.0 stays 1.0, nan and inf as typed
+    return str(value)
+
+
+def _kind(tp: Any) -> str:
+    if get_origin(tp) is list:
+        return f"list[{_kind(get_args(tp)[0])}]"
+    if isinstance(tp, types.UnionType):  # str | None
+        return _kind(next(t for t in get_args(tp) if t is not type(None)))
+    return str(tp.__name__)
+
+
+def schema_fields() -> dict[str, tuple[str, Any]]:
+    """Every leaf of the schema by dotted key, in schema order: its kind (float, int, bool, str,
+    list[float], list[str]) and its default (MISSING where a group sets it)."""
+    return dict(_walk_schema(Config, ""))  # Config looked up per call: a test may swap the schema
+
+
+def schema_leaves() -> dict[str, Any]:
+    """Every leaf key of the schema with its default, in schema order."""
+    return {key: default for key, (_, default) in schema_fields().items()}
+
+
+@functools.cache
+def _walk_schema(schema: type, prefix: str) -> tuple[tuple[str, tuple[str, Any]], ...]:
+    found: list[tuple[str, tuple[str, Any]]] = []
+    hints = get_type_hints(schema)
+    for f in fields(schema):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        if is_dataclass(tp):
+            found.extend(_walk_schema(tp, f"{key}."))  # type: ignore[arg-type]
+        else:
+            default = f.default_factory() if f.default_factory is not MISSING_FIELD else f.default
+            found.append((key, (_kind(tp), default)))
+    return tuple(found)
+
+
+def _takes(key: str, kind: str) -> str:
+    """What `key` takes, in words: "a finite float in (0, 10]", "true or false", ..."""
+    what = {
+        "float": "a finite float",
+        "int": "a whole number",
+        "bool": "true or false",
+        "str": "a string",
+        "list[float]": "a list of finite floats",
+        "list[int]": "a list of whole numbers",
+        "list[str]": "a list of strings",
+    }[kind]
+    rng = RANGES.get(key)
+    if rng is None:
+        return what
+    return (
+        what
+        + (" each" if kind.startswith("list") else "")
+        + f" in {rng.interval()}"
+        + (f" ({rng.note})" if rng.note else "")
+    )
+
+
+def _example(key: str, kind: str, default: Any) -> str:
+    if key in RANGES:
+        return f"{key}={RANGES[key].example}"
+    if kind == "list[str]":
+        return f"{key}=[a,b]"
+    if default in (MISSING, "", None):
+        return f"{key}=text"
+    return f"{key}={_text(default)}"
+
+
+def _out_of_range(key: str, value: Any, text: str = "") -> AnimalclsError:
+    """`text`: the override as typed, where the value came from the command line."""
+    kind, default = schema_fields()[key]
+    given, example = text or f"{key}={_text(value)}", _example(key, kind, default)
+    return AnimalclsError(f"{given} is out of range: {key} takes {_takes(key, kind)}; e.g. {example}")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every number of the config inside its range (finite: NaN and inf fail)."""
+    for key, rng in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        values = list(value) if isinstance(value, ListConfig) else [value]
+        if not all(isinstance(v, (int, float)) and rng.contains(v) for v in values):
+            raise _out_of_range(key, value)
+
+
+def _cross_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
+    """Checks between keys, each written as what is allowed, so that a NaN (false in every
+    comparison) fails rather than passes."""
+    aug = cfg.aug
+    scale, ratio, split = list(aug.rrc_scale), list(aug.rrc_ratio), list(cfg.data.split)
     return [
-        (cfg.optim.clip_grad_norm >= 0, f"optim.clip_grad_norm must be >= 0, 0 = off (got {cfg.optim.clip_grad_norm})"),
         (
-            0.0 <= cfg.loss.label_smoothing < 1.0,
-            f"loss.label_smoothing must be in [0, 1) (got {cfg.loss.label_smoothing})",
-        ),
-        (
-            min(mix.mixup_alpha, mix.cutmix_alpha) >= 0 and 0 <= mix.prob <= 1 and 0 <= mix.switch_prob <= 1,
-            "mix.mixup_alpha and mix.cutmix_alpha must be >= 0 (0 = off), mix.prob and mix.switch_prob in [0, 1]",
-        ),
-        (
-            0.0 <= cfg.ema.decay < 1.0,
-            f"ema.decay must be in [0, 1), 0 = off; e.g. ema.decay=0.999 (got {cfg.ema.decay})",
-        ),
-        (cfg.finetune.freeze_epochs >= 0, f"finetune.freeze_epochs must be >= 0 (got {cfg.finetune.freeze_epochs})"),
-        (cfg.finetune.head_lr_mult > 0, f"finetune.head_lr_mult must be > 0 (got {cfg.finetune.head_lr_mult})"),
-        (cfg.early_stop.patience >= 0, f"early_stop.patience must be >= 0, 0 = off (got {cfg.early_stop.patience})"),
-        (
-            sched.warmup_epochs >= 0 and sched.warmup_steps >= 0 and 0 <= sched.min_lr_ratio <= 1,
-            "sched.warmup_epochs and sched.warmup_steps must be >= 0 and sched.min_lr_ratio in [0, 1]",
-        ),
-        (
-            sched.step_epochs >= 1 and 0 < sched.gamma <= 1 and 0 < sched.pct_start < 1,
-            "sched.step_epochs must be >= 1, sched.gamma in (0, 1], sched.pct_start in (0, 1)",
+            aug.crop <= aug.resize,
+            f"aug.crop={aug.crop} is larger than aug.resize={aug.resize}: aug.crop takes a whole number "
+            f"in [8, aug.resize]; e.g. aug.crop={aug.resize}",
         ),
         (
             aug.cache_size == 0 or aug.cache_size >= aug.crop,
-            f"aug.cache_size is 0 (off) or at least aug.crop={aug.crop} (got {aug.cache_size}); e.g. "
-            f"aug.cache_size={aug.resize}",
+            f"aug.cache_size={aug.cache_size} is smaller than aug.crop={aug.crop}: aug.cache_size takes 0 (off) "
+            f"or a whole number in [aug.crop, {MAX_SIDE}]; e.g. aug.cache_size={aug.resize}",
         ),
         (
-            len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1 and len(ratio) == 2 and 0 < ratio[0] <= ratio[1],
-            f"aug.rrc_scale is [min, max] in (0, 1] and aug.rrc_ratio [min, max] > 0 (got {scale}, {ratio}); "
+            len(aug.mean) == 3,
+            f"aug.mean={_text(aug.mean)}: aug.mean takes one value in [0, 1] per RGB channel; "
+            f"e.g. aug.mean=[0.485,0.456,0.406]",
+        ),
+        (
+            len(aug.std) == 3,
+            f"aug.std={_text(aug.std)}: aug.std takes one value in (0, 1] per RGB channel; "
+            f"e.g. aug.std=[0.229,0.224,0.225]",
+        ),
+        (
+            len(scale) == 2 and scale[0] <= scale[1],
+            f"aug.rrc_scale={_text(scale)}: aug.rrc_scale takes [min, max] with 0 < min <= max <= 1; "
             f"e.g. aug.rrc_scale=[0.35,1.0]",
         ),
-        (0.0 <= aug.color_jitter <= 1.0, f"aug.color_jitter must be in [0, 1] (got {aug.color_jitter})"),
+        (
+            len(ratio) == 2 and ratio[0] <= ratio[1],
+            f"aug.rrc_ratio={_text(ratio)}: aug.rrc_ratio takes [min, max] with 0 < min <= max; "
+            f"e.g. aug.rrc_ratio=[0.75,1.3333333]",
+        ),
+        (
+            len(split) == 3 and split[0] > 0 and abs(sum(split) - 1.0) <= 1e-6,
+            f"data.split={_text(split)}: data.split takes three fractions train,val,test that add up to 1, "
+            f"train > 0; e.g. data.split=[0.85,0.05,0.10]",
+        ),
     ]
 
 
@@ -405,14 +660,9 @@ def validate(cfg: DictConfig) -> None:
         raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")
     _choice(cfg.sched.name, SCHEDULES.names(), "sched")
     _choice(cfg.logger.name, TRACKERS, "logger")
-    for ok, message in [*_rules(cfg), *_recipe_rules(cfg)]:
+    check_ranges(cfg)
+    for ok, message in _cross_rules(cfg):
         if not ok:
             raise AnimalclsError(message)
-    split = list(cfg.data.split)
-    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1.0) > 1e-6 or split[0] <= 0:
-        raise AnimalclsError(
-            f"data.split must be three fractions train,val,test that add up to 1 "
-            f"(got {split}); e.g. data.split=[0.85,0.05,0.10]"
-        )
     _check_model_options(cfg)
     _check_recipe_combinations(cfg)
