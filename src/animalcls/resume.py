@@ -86,13 +86,20 @@ class Claim:
             log.warning("could not note this process as the holder of run %s (%s)", self.run_id, exc)
         return True
 
-    def holder(self) -> dict[str, Any] | None:
-        """The holder's note (pid, host, started), or None when it has not written one (yet)."""
-        try:
-            value = json.loads(self.owner_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return value if isinstance(value, dict) and isinstance(value.get("pid"), int) else None
+    def holder(self, wait_s: float = 0.0) -> dict[str, Any] | None:
+        """The holder's note (pid, host, started), or None when it has not written one within
+        `wait_s` (a holder notes itself just after it takes the lock)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                value = json.loads(self.owner_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("pid"), int):
+                return value
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def release(self) -> None:
         if self.id_lock.is_locked:  # the note goes first: once released, the next holder writes its own
@@ -106,8 +113,8 @@ def busy_message(run_id: str, holder: dict[str, Any] | None) -> str:
     """What a second process of a running run says: who holds it and what to do."""
     if holder is None:
         return (
-            f"run {run_id} is being trained by another process right now (it has not noted its pid yet): "
-            f"wait for it to finish, then run this again (it will skip the run as done)."
+            f"run {run_id} is held by another process that has not noted its pid: wait for it to "
+            f"finish, then run this again (it will skip the run as done)."
         )
     pid, host = holder["pid"], holder.get("host", "?")
     here = host == socket.gethostname()

@@ -221,7 +221,7 @@ def _take_run_id(claim: resume.Claim) -> None:
     """Own the run id, or stop naming its holder: a stopped or hung holder would otherwise make
     every identical run skip silently, with nothing trained."""
     if not claim.take_run_id():
-        raise RunBusy(resume.busy_message(claim.run_id, claim.holder()))
+        raise RunBusy(resume.busy_message(claim.run_id, claim.holder(wait_s=2.0)))
 
 
 def _run_claimed(
