@@ -478,7 +478,12 @@ def _run_key(row: Mapping[str, Any]) -> tuple[str, tuple[str, ...], str, str] | 
     run_dir = str(row.get("run_dir") or "")
     if not run_dir:
         return None
-    return str(row.get("run_id", "")), Path(run_dir).parts[-2:], str(row.get("status", "")), _blank_nan(row.get("timestamp"))
+    return (
+        str(row.get("run_id", "")),
+        Path(run_dir).parts[-2:],
+        str(row.get("status", "")),
+        _blank_nan(row.get("timestamp")),
+    )
 
 
 @dataclass(frozen=True)
