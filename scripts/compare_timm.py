@@ -31,9 +31,10 @@ What cannot be matched with any train.py flag is listed, one line each, under "k
 in OUT/compare.json and in the output (e.g. with RESIZE > CROP animalcls trains and tests on the
 centre CROP/RESIZE of the image; timm's train.py has no deterministic centre crop for training,
 so timm is given the whole centre square at train and test time, --crop-pct 1.0; with
---size C C the views are the same). compare.json also holds the checks' numbers, timm's version
-and repository commit, one row per seed and a per-side list; animalcls' rows also go to
-OUT/results.csv (tag timm-compare) for the paired-compare tooling.
+--size C C the evaluation pixels are identical and the training views differ by resampling
+only). compare.json also holds the checks' numbers, timm's version and repository commit, one
+row per seed and a per-side list; animalcls' rows also go to OUT/results.csv (tag timm-compare)
+for the paired-compare tooling.
 """
 
 from __future__ import annotations
