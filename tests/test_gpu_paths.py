@@ -341,7 +341,7 @@ def test_packed_sweep_exits_1_for_a_diverged_job_2_for_bad_input_and_0_when_all_
     _, *overrides = tiny_train_args(tmp_path / "images")
     pack = ["train", "-m", *overrides, "hydra/launcher=pack", "hydra.launcher.n_jobs=2"]
     # lr=10 (the largest lr allowed) sends the loss to NaN: that job's run ends `diverged`, in a joblib worker
-    assert run_cli([*pack, "lr=0.001,10", "hydra.sweep.dir=sweep"], tmp_path) == 1
+    assert run_cli([*pack, "optim=sgd", "lr=0.001,10", "hydra.sweep.dir=sweep"], tmp_path) == 1
     assert sorted(pd.read_csv(tmp_path / "outputs" / "results.csv")["status"]) == ["diverged", "ok"]
     assert run_cli([*pack, "lr=0.002,0.003", "hydra.sweep.dir=sweep2"], tmp_path) == 0
     # the first sweep dir again: its run dirs hold runs already, so both jobs stop on bad input
