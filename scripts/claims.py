@@ -14,6 +14,7 @@ claims from YAML (or JSON):
         where: {model: base, epochs: 10}   # both sides
         vary: []                           # settings that may also differ (see compare --help)
         metric: test_top1                  # the sentence's metric (default test_top1)
+        results: other/results.csv         # optional: this claim's own table
 
 Every number comes from `animalcls.report.paired`, the code behind `animalcls compare`, so a README
 sentence says no more than the paired interval does: "b beats a" only from 3 seeds and an
@@ -75,10 +76,10 @@ def main(argv: list[str]) -> int:
         options = parse_request(given)
         claims = [{"name": "claim", **{k: options[k] for k in ("a", "b", "where", "vary")}}]
         tables = options["results"]
-    frame = table.load(tables)
     status = 0
     for claim in claims:
-        try:
+        try:  # a claim may name its own table (claims over several experiments in one file)
+            frame = table.load(claim.get("results") or tables)
             print(one_claim(frame, claim, options.get("format", "text")))
         except AnimalclsError as exc:
             print(f"## {claim.get('name', 'claim')}\n\ncannot be paired: {exc}\n", file=sys.stderr)
