@@ -22,13 +22,13 @@ from animalcls.augment import cache_decode_size
 from animalcls.config import DEVICE_PATTERN, mixing_enabled
 from animalcls.data import Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, scan, split_indices
 from animalcls.ema import ModelEma
-from animalcls.engine import Recipe
 from animalcls.errors import AnimalclsError
 from animalcls.finetune import Freezer, parameter_groups
 from animalcls.graphs import StepGraphs
 from animalcls.mix import Mixer
 from animalcls.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from animalcls.schedule import lr_factor, warmup_steps
+from animalcls.steps import Recipe
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,9 @@ from animalcls.build import (
 )
 from animalcls.commands import RUN_SETTINGS, checked_overrides, overlay
 from animalcls.data import Dataset, load_cache
-from animalcls.engine import StepSettings, evaluate
+from animalcls.engine import evaluate
 from animalcls.errors import AnimalclsError
+from animalcls.steps import StepSettings
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ from animalcls.augment import DeviceAugment
 from animalcls.build import choose_precision, resolve_device
 from animalcls.commands import checked_overrides, overlay, parse_overrides, split_options
 from animalcls.data import IMAGE_EXTENSIONS, decode_uint8
-from animalcls.engine import StepSettings
 from animalcls.errors import AnimalclsError
+from animalcls.steps import StepSettings
 
 log = logging.getLogger(__name__)
 
