@@ -114,8 +114,9 @@ from animalcls.augment import DeviceAugment
 from animalcls.build import create_model
 from animalcls.data import TensorBatches
 from animalcls.ema import ModelEma
-from animalcls.engine import Recipe, StepSettings, evaluate, train_one_epoch
+from animalcls.engine import evaluate, train_one_epoch
 from animalcls.graphs import StepGraphs
+from animalcls.steps import Recipe, StepSettings
 
 device = torch.device(sys.argv[1])
 aug = OmegaConf.create({"resize": 48, "crop": 48, "hflip": 0.0, "rotation": 0.0, "mean": [0.5] * 3, "std": [0.25] * 3})

@@ -137,17 +137,17 @@ def test_predict_on_a_folder_prints_every_image(tmp_path, ckpt, thirty, cli, cap
 
 
 def test_predict_decodes_and_classifies_in_batches(tmp_path, ckpt, thirty, cli, capsys, monkeypatch):
-    from animalcls import checkpoint
+    from animalcls import build
 
     sizes: list[int] = []
-    model_from = checkpoint.model_from
+    model_from = build.model_from_checkpoint
 
     def spied(*args, **kwargs):
         cfg, classes, model = model_from(*args, **kwargs)
         model.register_forward_pre_hook(lambda module, inputs: sizes.append(inputs[0].shape[0]))
         return cfg, classes, model
 
-    monkeypatch.setattr(checkpoint, "model_from", spied)
+    monkeypatch.setattr(build, "model_from_checkpoint", spied)
     assert cli(["predict", f"ckpt={ckpt}", f"images=[{thirty}]", "eval_batch_size=7"], tmp_path) == 0
     assert len(_printed_paths(capsys.readouterr().out)) == 30
     assert sizes == [7, 7, 7, 7, 2]
@@ -226,11 +226,11 @@ def _expected_probs(ckpt: Path, image: Path, tta: bool):
     """The checkpoint's class probabilities for one image, computed here by hand."""
     import torch
 
-    from animalcls import checkpoint
+    from animalcls import build, checkpoint
     from animalcls.augment import DeviceAugment
     from animalcls.data import decode_uint8
 
-    cfg, classes, model = checkpoint.model_from(checkpoint.read(ckpt), ckpt)
+    cfg, classes, model = build.model_from_checkpoint(checkpoint.read(ckpt), ckpt)
     pixels = decode_uint8(image, cfg.aug.resize, cfg.aug.crop)[None]
     views = [pixels, pixels.flip(3)] if tta else [pixels]
     augment = DeviceAugment(cfg.aug, train=False)

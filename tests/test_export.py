@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from animalcls import checkpoint
-from animalcls.build import create_model
+from animalcls.build import create_model, model_from_checkpoint
 from animalcls.config import compose
 
 onnx = pytest.importorskip("onnx")
@@ -66,7 +66,7 @@ def test_export_round_trips_within_tolerance(tmp_path, cli, capsys, overrides, c
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     scripted = torch.jit.load(str(script_file))
-    _, _, reference = checkpoint.model_from(checkpoint.read(ckpt), ckpt)
+    _, _, reference = model_from_checkpoint(checkpoint.read(ckpt), ckpt)
     for batch in (3, 1):  # 3: a size the export's own check did not use; the batch axis is dynamic
         inputs = inputs_for(crop, batch)
         from_onnx = torch.from_numpy(session.run(None, {"images": inputs.numpy()})[0]).log_softmax(1)

@@ -20,16 +20,18 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from animalcls import build, graphs
+from animalcls import build, graphs, steps
 from animalcls.augment import DeviceAugment
 from animalcls.build import choose_precision, create_model
 from animalcls.config import compose, validate
 from animalcls.data import TensorBatches, scan, split_indices
 from animalcls.demo import STANDIN_MARKER, ensure_standin_data, standin_counts
-from animalcls.engine import Recipe, StepSettings, evaluate, train_one_epoch
+from animalcls.ema import ModelEma
+from animalcls.engine import evaluate, train_one_epoch
 from animalcls.errors import AnimalclsError
 from animalcls.graphs import StepGraphs, why_not_train
 from animalcls.mix import Mixer
+from animalcls.steps import Recipe, StepSettings
 
 from conftest import TINY, make_image_folder, run_cli, tiny_train_args
 
@@ -162,6 +164,46 @@ def test_cuda_graphs_on_is_bit_identical_to_off_on_a_cpu_run(tmp_path, image_fol
     assert rows["off"]["run_id"] == rows["on"]["run_id"]  # how steps run is not what a run measures
     for key in ("val_top1", "test_top1", "test_top5", "precision"):
         assert rows["off"][key] == rows["on"][key]
+
+
+class _Replay:
+    """Stands in for a captured CUDA graph on a CPU: a replay does nothing, so the code a graphed
+    step runs around its replay (the optimizer step, the schedule, the EMA) runs as on CUDA."""
+
+    def replay(self) -> None:
+        pass
+
+
+def test_eager_and_graphed_steps_share_one_after_step(monkeypatch):
+    """The schedule's step and the EMA update after an optimizer step are `steps.after_step`, for
+    the eager step and for a graph's replay alike (issue 23: written twice, one drifted)."""
+    calls = []
+    real = steps.after_step
+
+    def spy(recipe, model):
+        calls.append((recipe, model))
+        real(recipe, model)
+
+    monkeypatch.setattr(steps, "after_step", spy)
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)  # with a schedule: its step runs after the replay
+    recipe = Recipe(scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5**i), ema=ModelEma(model, 0.9))
+    settings, criterion = StepSettings(CPU, "fp32", progress=False), nn.CrossEntropyLoss()
+    images, labels = torch.randint(0, 256, (8, 3, 48, 48), dtype=torch.uint8), torch.randint(0, 3, (8,))
+    steps.recipe_step(model, images.float() / 255, labels, criterion, optimizer, settings, None, recipe)
+    assert calls == [(recipe, model)]
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: None)  # the graph's side stream
+    graphed = graphs._TrainGraph(model, lambda x: x.float() / 255, criterion, optimizer, settings, recipe, 8)
+    graphed.graph, graphed.shape = _Replay(), tuple(images.shape)  # as if captured
+    graphed.static = {"images": images.clone(), "labels": labels.clone(), "logits": torch.zeros(8, 3)}
+    graphed.static["loss"] = torch.zeros(())
+    graphed.step(images, labels, recipe)
+    assert calls == [(recipe, model)] * 2
+    assert recipe.scheduler.last_epoch == 2 and recipe.ema.updates == 2
+    # and graphs.py keeps no copy of its own that would run beside it
+    source = Path(graphs.__file__).read_text()
+    assert "scheduler.step(" not in source and "ema.update(" not in source
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: captured steps exist only there")

@@ -18,11 +18,12 @@ from animalcls import results, schedule
 from animalcls.build import build_criterion, build_optimizer, build_recipe, create_model
 from animalcls.config import compose, validate
 from animalcls.ema import ModelEma
-from animalcls.engine import Recipe, StepSettings, fit
+from animalcls.engine import fit
 from animalcls.errors import AnimalclsError
 from animalcls.finetune import Freezer, parameter_groups
 from animalcls.mix import Mixer, soft_targets
 from animalcls.registry import SCHEDULES
+from animalcls.steps import Recipe, StepSettings
 
 from conftest import make_image_folder, tiny_train_args
 

@@ -11,24 +11,25 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from animalcls import graphs
+from animalcls import checkpoint, graphs
 from animalcls.augment import cache_decode_size
 from animalcls.config import DEVICE_PATTERN, mixing_enabled
 from animalcls.data import Dataset, PILBatches, TensorBatches, find_unreadable, load_cache, scan, split_indices
 from animalcls.ema import ModelEma
-from animalcls.engine import Recipe
 from animalcls.errors import AnimalclsError
 from animalcls.finetune import Freezer, parameter_groups
 from animalcls.graphs import StepGraphs
 from animalcls.mix import Mixer
 from animalcls.registry import LOSSES, MODELS, OPTIMIZERS, SCHEDULES
 from animalcls.schedule import lr_factor, warmup_steps
+from animalcls.steps import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,17 @@ def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
         dropout=m.dropout,
         input_size=cfg.aug.crop,
     )
+
+
+def model_from_checkpoint(loaded: dict[str, Any], path: str | Path) -> tuple[DictConfig, list[str], torch.nn.Module]:
+    """A checkpoint's (checkpoint.read) config, class names and model (eval mode, on the CPU)."""
+    cfg = checkpoint.config_of(loaded)
+    classes = list(loaded["meta"]["classes"])
+    # the weights come from the checkpoint: never fetch ImageNet weights to overwrite them
+    # (a DictConfig merged with a dict is a DictConfig; OmegaConf.merge is typed for lists too)
+    offline = cast(DictConfig, OmegaConf.merge(cfg, {"model": {"pretrained": False, "weights": None}}))
+    model = checkpoint.load_weights(build_model(offline, len(classes)), loaded, path)
+    return cfg, classes, model.eval()
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

@@ -1,4 +1,6 @@
-"""The checkpoint format: write atomically, read safely, validate, migrate, rebuild the model.
+"""The checkpoint format: write atomically, read safely, validate, migrate, load its weights.
+
+It knows nothing of how models are built: `animalcls.build.model_from_checkpoint` rebuilds one.
 
 A checkpoint is a dict saved with torch.save and read with `weights_only=True` (code in a pickle is
 never run):
@@ -13,13 +15,12 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from animalcls.atomic import torch_save_atomic
-from animalcls.build import build_model
 from animalcls.config import Config
 from animalcls.errors import AnimalclsError
 
@@ -113,18 +114,12 @@ def config_of(checkpoint: dict[str, Any]) -> DictConfig:
     return cfg
 
 
-def model_from(checkpoint: dict[str, Any], path: str | Path) -> tuple[DictConfig, list[str], torch.nn.Module]:
-    """The checkpoint's config, class names and model (eval mode, on the CPU)."""
-    cfg = config_of(checkpoint)
-    classes = list(checkpoint["meta"]["classes"])
-    # the weights come from the checkpoint: never fetch ImageNet weights to overwrite them
-    # a DictConfig merged with a dict is a DictConfig (OmegaConf.merge is typed for lists too)
-    offline = cast(DictConfig, OmegaConf.merge(cfg, {"model": {"pretrained": False, "weights": None}}))
-    model = build_model(offline, len(classes))
+def load_weights(model: torch.nn.Module, checkpoint: dict[str, Any], path: str | Path) -> torch.nn.Module:
+    """`model` with the checkpoint's weights; AnimalclsError when they do not fit it. Building the
+    model is the factories' job (animalcls.build.model_from_checkpoint): the format knows none."""
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
-        raise AnimalclsError(
-            f"{path} does not fit model={cfg.model.name} with {len(classes)} classes: {_first_line(exc)}"
-        ) from None
-    return cfg, classes, model.eval()
+        name, classes = config_of(checkpoint).model.name, len(checkpoint["meta"]["classes"])
+        raise AnimalclsError(f"{path} does not fit model={name} with {classes} classes: {_first_line(exc)}") from None
+    return model

@@ -29,7 +29,7 @@ import torch
 from animalcls.errors import AnimalclsError
 
 if TYPE_CHECKING:
-    from animalcls.engine import EpochBatches
+    from animalcls.steps import EpochBatches
 
 log = logging.getLogger(__name__)
 

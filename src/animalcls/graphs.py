@@ -12,7 +12,8 @@ What is captured, on static input buffers (`torch.cuda.graph`, no torch.compile)
          when it changed; the optimizer stays float-lr outside, so its state_dict, the history's
          lr and resume are unchanged. SGD's foreach step reads the lr as a host number, so with a
          schedule SGD's step runs eagerly right after the replay (three or four foreach kernels).
-         EMA updates run eagerly after the replay (their decay is a host number that changes).
+         EMA updates run eagerly after the replay (their decay is a host number that changes):
+         the schedule's step and the EMA update are `steps.after_step`, the eager step's own.
   eval   augmentation and forward (and the mirrored forward with TTA).
 The last, partial batch of an epoch runs eagerly on the same weights and optimizer state, not
 padded: padding would change the batch-norm statistics and the mean loss. The first
@@ -41,7 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from animalcls.engine import Augment, Recipe, StepSettings, recipe_step
+from animalcls import steps
+from animalcls.steps import Augment, Recipe, StepSettings, recipe_step
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +186,8 @@ class _TrainGraph:
         self.graph.replay()
         if not self.optimizer_in_graph:
             self.optimizer.step()
-        if recipe.scheduler is not None:
-            recipe.scheduler.step()
-        if recipe.ema is not None:
-            recipe.ema.update(self.model)
+        # the eager step's own after_step, looked up on its module (one definition, which a test spies on)
+        steps.after_step(recipe, self.model)
         # copies: the metric meter keeps a batch's tensors until it folds them, and the next
         # replay overwrites the static outputs
         return self.static["logits"].clone(), self.static["loss"].clone(), labels

@@ -43,10 +43,11 @@ from animalcls.build import (
 )
 from animalcls.config import validate
 from animalcls.data import data_identity, manifest
-from animalcls.engine import EpochBatches, Recipe, StepSettings, evaluate, fit
+from animalcls.engine import evaluate, fit
 from animalcls.errors import AnimalclsError, DiskFull, Interrupted, Pruned, RunBusy
 from animalcls.machine import cpu_features, cpu_model, gpu_name
 from animalcls.record import Resolved, legacy_run_id, lineage_id, settings_row, write_record
+from animalcls.steps import EpochBatches, Recipe, StepSettings
 
 log = logging.getLogger(__name__)
 

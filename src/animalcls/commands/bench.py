@@ -66,9 +66,10 @@ from animalcls.build import (
 )
 from animalcls.commands import given_keys
 from animalcls.config import compose, validate
-from animalcls.engine import Recipe, StepSettings, evaluate, synchronize, train_one_epoch, train_step
+from animalcls.engine import evaluate, synchronize, train_one_epoch
 from animalcls.errors import AnimalclsError
 from animalcls.machine import cpu_features, cpu_model, gpu_name
+from animalcls.steps import Recipe, StepSettings, train_step
 
 log = logging.getLogger(__name__)
 

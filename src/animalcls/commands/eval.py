@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from animalcls import checkpoint
+from animalcls import build, checkpoint
 from animalcls.augment import DeviceAugment, cache_decode_size
 from animalcls.build import (
     Prepared,
@@ -27,8 +27,9 @@ from animalcls.build import (
 )
 from animalcls.commands import RUN_SETTINGS, checked_overrides, overlay
 from animalcls.data import Dataset, load_cache
-from animalcls.engine import StepSettings, evaluate
+from animalcls.engine import evaluate
 from animalcls.errors import AnimalclsError
+from animalcls.steps import StepSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def main(args: list[str]) -> int:
     given, keys = checked_overrides(args, "eval", ACCEPTED)
     ckpt = checkpoint.locate(given.ckpt)  # a run dir means its best.pt (else last.pt)
     loaded = checkpoint.read(ckpt)
-    run_cfg, classes, model = checkpoint.model_from(loaded, ckpt)
+    run_cfg, classes, model = build.model_from_checkpoint(loaded, ckpt)
     cfg = overlay(run_cfg, given, keys)
     prepared = test_split(cfg, ckpt.parent / "split.csv", classes)
     metrics = measure(cfg, model, prepared, resolve_device(cfg.device))

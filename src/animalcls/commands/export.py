@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from animalcls import checkpoint
+from animalcls import build, checkpoint
 from animalcls.augment import DeviceAugment
 from animalcls.commands import split_options
 from animalcls.commands.predict import image_files
@@ -64,7 +64,7 @@ def main(args: list[str]) -> int:
             f"{ckpt} holds model={name}, which is not a registered model ({', '.join(MODELS.names())}): "
             f"this animalcls cannot rebuild it, so nothing was exported."
         )
-    cfg, classes, model = checkpoint.model_from(loaded, ckpt)
+    cfg, classes, model = build.model_from_checkpoint(loaded, ckpt)
     sample = sample_batch(cfg, options.get("images"))
     onnx, ort = _export_libraries()
     _check_writable(out)

@@ -32,14 +32,14 @@ import torch
 from hydra.core.override_parser.types import OverrideType
 from omegaconf import DictConfig
 
-from animalcls import checkpoint
+from animalcls import build, checkpoint
 from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
 from animalcls.build import choose_precision, resolve_device
 from animalcls.commands import checked_overrides, overlay, parse_overrides, split_options
 from animalcls.data import IMAGE_EXTENSIONS, decode_uint8
-from animalcls.engine import StepSettings
 from animalcls.errors import AnimalclsError
+from animalcls.steps import StepSettings
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def load_members(
     members: list[Member] = []
     classes: list[str] = []
     for path in ckpts:
-        run_cfg, its_classes, model = checkpoint.model_from(checkpoint.read(path), path)
+        run_cfg, its_classes, model = build.model_from_checkpoint(checkpoint.read(path), path)
         if members and its_classes != classes:
             raise AnimalclsError(
                 f"ckpt {path} has {len(its_classes)} classes ({_preview(its_classes)}) but {ckpts[0]} has "
