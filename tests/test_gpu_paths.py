@@ -395,7 +395,7 @@ def test_sweep_exit_code_is_the_highest_this_sweeps_jobs_noted(tmp_path):
     import os
     import time
 
-    from animalcls.cli import JOB_EXIT_DIR, sweep_exit_code
+    from animalcls.sweep import JOB_EXIT_DIR, sweep_exit_code
 
     notes = tmp_path / JOB_EXIT_DIR
     notes.mkdir()

@@ -10,9 +10,9 @@ import importlib
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
+
+from animalcls import sweep
 
 USAGE = """usage: animalcls <command> [key=value ...]
 
@@ -101,11 +101,10 @@ def _train_app() -> int:
 
     sys.argv = with_rank_overrides(sys.argv)  # torchrun ranks > 0 write no run dir or log
     if _is_multirun(sys.argv[1:]):
-        sys.argv.append(f"+hydra.callbacks.animalcls_sweep_status._target_={__name__}.SweepStatus")
-    _sweep.clear()
+        sys.argv.append(sweep.status_callback_override())
+    sweep.forget_sweep()
     train()
-    if "dir" in _sweep:  # a multirun: count the jobs that ran in other processes too
-        _fail(sweep_exit_code(_sweep["dir"], _sweep["start"]))
+    _fail(sweep.exit_code_of_this_sweep())  # a multirun: count the jobs that ran in other processes too
     return _exit_code
 
 
@@ -169,21 +168,6 @@ def _remove_if_empty(run_dir: Path) -> None:
         return
 
 
-# The sweep's exit status. `@hydra.main` returns nothing for a multirun, and a job that runs in a
-# joblib worker process (hydra/launcher=pack, local_parallel, joblib) or on another node (slurm)
-# sets that process's exit status, never this one's. So every job that ends with a nonzero status
-# leaves it in the sweep dir (`<sweep dir>/.job_exit/<job number>`), a Hydra callback notes the
-# sweep dir when the multirun starts in this process, and after the sweep `train` exits with the
-# highest status its jobs left. Why notes of the jobs' own statuses rather than their record.json
-# or return values: the launchers' return values never reach a callback or `hydra.main`'s caller;
-# record.json says how a run ended (failed, diverged), but a job that stops on bad input before it
-# is a run (a bad value in one job of a sweep, a reused sweep dir) leaves no record, and would then
-# exit 0 with nothing trained. A note from an earlier sweep into the same dir is older than this
-# sweep's start, and is not counted.
-_sweep: dict[str, Any] = {}
-JOB_EXIT_DIR = ".job_exit"
-
-
 def _is_multirun(args: list[str]) -> bool:
     return any(a in ("-m", "--multirun") or a.replace(" ", "").lower() == "hydra.mode=multirun" for a in args)
 
@@ -191,51 +175,7 @@ def _is_multirun(args: list[str]) -> bool:
 def _job_failed(code: int) -> None:
     """A job's nonzero exit status: this process's; in a multirun also a note in the sweep dir."""
     _fail(code)
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        return
-    note = Path(hydra_cfg.sweep.dir) / JOB_EXIT_DIR / str(hydra_cfg.job.num)
-    try:
-        note.parent.mkdir(parents=True, exist_ok=True)
-        note.write_text(f"{code} {hydra_cfg.runtime.output_dir}\n")
-    except OSError as exc:
-        logging.getLogger("animalcls").warning("could not note this job's exit status %d in %s: %s", code, note, exc)
-
-
-class SweepStatus:
-    """The Hydra callback (hydra.experimental.callback.Callback's hooks, without importing Hydra
-    here) that notes a multirun's sweep dir and start time in this process."""
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        _sweep.update(dir=Path(str(config.hydra.sweep.dir)), start=time.time())
-
-    def on_multirun_end(self, config: Any, **kwargs: Any) -> None: ...
-
-    def on_run_start(self, config: Any, **kwargs: Any) -> None: ...
-
-    def on_run_end(self, config: Any, **kwargs: Any) -> None: ...
-
-    def on_job_start(self, config: Any, **kwargs: Any) -> None: ...
-
-    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None: ...
-
-
-def sweep_exit_code(sweep_dir: Path, started: float) -> int:
-    """The highest exit status the jobs of a sweep noted under `sweep_dir` since `started` (0: none)."""
-    code = 0
-    for note in sorted((Path(sweep_dir) / JOB_EXIT_DIR).glob("*")):
-        try:
-            if note.stat().st_mtime < started - 1.0:  # from an earlier sweep into the same dir
-                continue
-            job_code, _, where = note.read_text().strip().partition(" ")
-            code = max(code, int(job_code))
-        except (OSError, ValueError):
-            continue
-        logging.getLogger("animalcls").error("sweep job %s: exit status %s (%s)", note.name, job_code, where)
-    return code
+    sweep.note_job_exit(code)
 
 
 def _refuse_retired_sweeper(args: list[str]) -> None:

@@ -1,0 +1,146 @@
+"""Batches on the device: TensorBatches over a decoded uint8 tensor, PILBatches over PIL-decoded files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from PIL import Image
+
+from animalcls.data.decode import to_rgb
+from animalcls.data.scan import Dataset, Indices
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+
+class TensorBatches:
+    """Batches of a uint8 image tensor: a shuffled, seeded order per epoch; optional rank sharding.
+
+    When the images live on the host and the device is CUDA, each batch is gathered into pinned
+    memory and copied asynchronously, so the copy overlaps with the previous step's compute.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+        self.pin = device.type == "cuda" and images.device.type == "cpu"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        n = self.labels.shape[0]
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        n = len(range(self.rank, self.labels.shape[0], self.world_size))
+        return (n + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(range(self.rank, self.labels.shape[0], self.world_size))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # the epoch's order goes to the images' device once: a blocking copy per batch would
+        # synchronise CUDA every step
+        order = self._order().to(self.images.device)
+        labels_order = order.to(self.labels.device)
+        for start in range(0, order.shape[0], self.batch_size):
+            x = self.images.index_select(0, order[start : start + self.batch_size])
+            y = self.labels.index_select(0, labels_order[start : start + self.batch_size])
+            if self.pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class _PILDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    def __init__(self, root: Path, paths: list[str], labels: Indices, transform: Transform) -> None:
+        self.root, self.paths, self.labels, self.transform = root, paths, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.root / self.paths[i]) as image:
+            return self.transform(to_rgb(image)), int(self.labels[i])
+
+
+def pil_transform(aug: DictConfig, train: bool) -> Transform:
+    """The paper's torchvision transform chain, ending in uint8 (normalised later, on the device)."""
+    from torchvision import transforms as T
+
+    steps: list[Any] = [T.Resize(aug.resize)]
+    if train and aug.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if train and aug.rotation > 0:
+        steps.append(T.RandomRotation(aug.rotation))
+    steps += [T.CenterCrop(aug.crop), T.PILToTensor()]
+    transform: Transform = T.Compose(steps)
+    return transform
+
+
+class PILBatches:
+    """DataLoader over PIL-decoded images, yielding device tensors like TensorBatches."""
+
+    def __init__(
+        self,
+        data: Dataset,
+        index: Indices,
+        aug: DictConfig,
+        train: bool,
+        batch_size: int,
+        device: torch.device,
+        workers: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        index = index[rank::world_size]
+        dataset = _PILDataset(data.root, [data.paths[i] for i in index], data.labels[index], pil_transform(aug, train))
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            num_workers=workers,
+            generator=self.generator,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        self.device = device
+        self.num_samples = len(dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        # both the run's seed and the epoch: runs with different seeds must see different orders
+        self.generator.manual_seed((self.seed * 1_000_003 + epoch) % 2**63)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
