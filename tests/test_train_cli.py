@@ -162,7 +162,7 @@ def test_nonsensical_values_fail_before_any_work(tmp_path, image_folder, cli, ca
     "override, message",
     [
         ("model=resnet99", "model=resnet99 is not a known model; choose one of: base, mobilenet_v2"),
-        ("optim=lion", "choose one of: adam, adamw, sgd, sgd_momentum, sgd_nesterov"),
+        ("optim=lion", "choose one of: adam, adamw, rmsprop, sgd, sgd_momentum, sgd_nesterov"),
         ("loss=hinge", "choose one of: cross_entropy, multi_margin"),
         ("aug=big", "choose one of: default_112, imagenet_224, rotation_112"),
         ("data=cifar", "choose one of: animals, demo"),
