@@ -706,6 +706,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.logger.name, TRACKERS, "logger")
     check_ranges(cfg)
     _check_own_settings(cfg, "optim", {name: OPTIMIZERS.get(name).options for name in OPTIMIZERS}, OPTIM_SHARED)
+    _check_own_settings(cfg, "sched", {name: SCHEDULES.get(name).takes for name in SCHEDULES}, ("name",))
     for ok, message in _cross_rules(cfg):
         if not ok:
             raise AnimalclsError(message)

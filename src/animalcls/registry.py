@@ -227,16 +227,25 @@ AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imag
 
 @dataclass(frozen=True)
 class ScheduleSpec:
+    """A formula gets the whole sched node, so a schedule with settings of its own needs no new
+    signature; `takes` names the `sched.<key>`s it reads, so one set for another schedule (gamma
+    with cosine) is refused by `config.validate` rather than silently ignored."""
+
     name: str
     display: str
     factor: schedule.Formula  # (step, total steps, steps per epoch, sched config) -> lr factor
+    takes: tuple[str, ...] = ()
 
 
 SCHEDULES: Registry[ScheduleSpec] = Registry("schedule", "sched")
-SCHEDULES.add("constant", ScheduleSpec("constant", "constant", schedule.constant))
-SCHEDULES.add("cosine", ScheduleSpec("cosine", "cosine", schedule.cosine))
-SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay))
-SCHEDULES.add("onecycle", ScheduleSpec("onecycle", "one cycle", schedule.onecycle))
+_WARMUP = ("warmup_epochs", "warmup_steps")  # schedule.lr_factor's, for all but onecycle (its own rise)
+SCHEDULES.add("constant", ScheduleSpec("constant", "constant", schedule.constant, _WARMUP))
+SCHEDULES.add("cosine", ScheduleSpec("cosine", "cosine", schedule.cosine, (*_WARMUP, "min_lr_ratio")))
+SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay, (*_WARMUP, "step_epochs", "gamma")))
+SCHEDULES.add(
+    "onecycle",
+    ScheduleSpec("onecycle", "one cycle", schedule.onecycle, ("pct_start", "div_factor", "final_div_factor")),
+)
 
 
 # ---------------------------------------------------------------- experiment trackers (animalcls.tracking)
