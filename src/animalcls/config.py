@@ -13,7 +13,7 @@ import functools
 import math
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_origin, get_type_hints
@@ -658,17 +658,20 @@ def _check_model_options(cfg: DictConfig) -> None:
         )
 
 
-def _check_own_settings(cfg: DictConfig, group: str, takes: Mapping[str, Iterable[str]], shared: Iterable[str]) -> None:
+def _check_own_settings(
+    cfg: DictConfig, group: str, takes: Mapping[str, Collection[str]], shared: Collection[str]
+) -> None:
     """A `<group>.<key>` set off its schema default that the chosen option does not read (`takes`:
     option -> the keys it reads) fails, naming the option, the keys it reads and the options that
     read the key: silently ignored, it would still change the run id and measure nothing."""
     choice, defaults, own = str(cfg[group].name), schema_leaves(), set(takes[cfg[group].name])
     node = OmegaConf.to_container(cfg[group], resolve=True)
     assert isinstance(node, dict)
+    set_keys = {str(key): value for key, value in node.items() if str(key) not in shared}
     unread = {
         key: value
-        for key, value in node.items()
-        if key not in shared and key not in own and value != defaults.get(f"{group}.{key}", MISSING_FIELD)
+        for key, value in set_keys.items()
+        if key not in own and value != defaults.get(f"{group}.{key}", MISSING_FIELD)
     }
     if not unread:
         return

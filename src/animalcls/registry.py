@@ -5,7 +5,12 @@ it (display name, default augmentation, bf16 capability, short id). Unknown name
 `AnimalclsError` that lists the known ones, so a typo never falls back silently to a default.
 
 Adding a torchvision model is one `register_model(...)` line below plus one YAML file in
-`conf/model/`; the config check, the paper ids and the report all derive from the entry.
+`conf/model/` that names it and picks its `default_aug` (`defaults: - override
+/aug@_global_.aug: imagenet_224`); adding an optimizer is one `register_optimizer(...)` line
+naming its torch class and the `optim.<key>`s it takes (a new key also needs a schema field with
+torch's default and a range in config.py) plus one YAML file in `conf/optim/`. The config check,
+the paper ids and the report derive from the entry; tests/test_every_config.py builds every
+entry from its YAML and checks that the two agree.
 Builders import torchvision lazily: `import torchvision` costs seconds and the CLI checks names
 before it needs a model.
 """
