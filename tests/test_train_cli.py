@@ -150,6 +150,7 @@ def test_grayscale_and_small_images_are_accepted(tmp_path, cli):
         ("batch_size=0", "batch_size=0 is out of range: batch_size takes a whole number in [1, 65536]"),
         ("epochs=0", "epochs=0 is out of range"),
         ("data.split=[0.5,0.2,0.2]", "add up to 1"),
+        ("optim.momentum=0.9", "optim=adam does not take optim.momentum=0.9"),  # not silently dropped
     ],
 )
 def test_nonsensical_values_fail_before_any_work(tmp_path, image_folder, cli, capsys, override, message):
@@ -162,7 +163,7 @@ def test_nonsensical_values_fail_before_any_work(tmp_path, image_folder, cli, ca
     "override, message",
     [
         ("model=resnet99", "model=resnet99 is not a known model; choose one of: base, mobilenet_v2"),
-        ("optim=lion", "choose one of: adam, adamw, sgd, sgd_momentum, sgd_nesterov"),
+        ("optim=lion", "choose one of: adam, adamw, rmsprop, sgd, sgd_momentum, sgd_nesterov"),
         ("loss=hinge", "choose one of: cross_entropy, multi_margin"),
         ("aug=big", "choose one of: default_112, imagenet_224, rotation_112"),
         ("data=cifar", "choose one of: animals, demo"),

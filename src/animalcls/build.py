@@ -123,7 +123,8 @@ def model_from_checkpoint(loaded: dict[str, Any], path: str | Path) -> tuple[Dic
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over the model's parameter groups (finetune.parameter_groups)."""
+    """The configured optimizer over the model's parameter groups (finetune.parameter_groups), with
+    the optimizer's own settings that its registry entry names (OptimizerSpec.options)."""
     spec = OPTIMIZERS.get(cfg.optim.name)
     optim = cfg.optim
     groups = parameter_groups(
@@ -134,9 +135,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
         cfg.finetune.head_lr_mult,
         optim.decay_norm_bias,
     )
-    return spec.build(
-        groups, lr=cfg.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, nesterov=bool(optim.nesterov)
-    )
+    return spec.build(groups, lr=cfg.lr, weight_decay=optim.weight_decay, optim=optim)
 
 
 def build_criterion(cfg: DictConfig) -> torch.nn.Module:

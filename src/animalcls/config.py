@@ -13,7 +13,7 @@ import functools
 import math
 import re
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, get_args, get_origin, get_type_hints
@@ -39,11 +39,22 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = MISSING
-    momentum: float = 0.0
+    momentum: float = 0.0  # SGD, RMSprop
     weight_decay: float = 0.0
-    nesterov: bool = False
+    nesterov: bool = False  # SGD
     decay_norm_bias: bool = False  # weight decay on biases and norm parameters too (off: timm's default)
     clip_grad_norm: float = 0.0  # 0 = no clipping
+    # momentum, nesterov and these are optimizers' own settings, passed on by the registry entries
+    # that name them (OptimizerSpec.options). Their defaults are torch's: a key at its default stays
+    # out of the run id, so ids written before a key existed stay. New keys go last: the results'
+    # recipe_settings column lists keys in schema order.
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam, AdamW
+    eps: float = 1e-8  # Adam, AdamW, RMSprop
+    alpha: float = 0.99  # RMSprop: smoothing of its squared-gradient average
+
+
+# OptimConfig keys that every optimizer takes; each other key is some optimizer's own setting.
+OPTIM_SHARED = ("name", "weight_decay", "decay_norm_bias", "clip_grad_norm")
 
 
 @dataclass
@@ -424,6 +435,9 @@ RANGES: dict[str, Range] = {
     "optim.momentum": _r(0, 1, "0.9", hi_open=True),  # 1 or more never forgets a gradient: divergence
     "optim.weight_decay": _r(0, 10, "0.0001"),
     "optim.clip_grad_norm": _r(0, 1e6, "1.0", "0 = off"),
+    "optim.betas": _r(0, 1, "[0.9,0.999]", hi_open=True),  # torch refuses 1 and more
+    "optim.eps": _r(0, 1, "1e-08", lo_open=True),
+    "optim.alpha": _r(0, 1, "0.99"),  # torch's: 0 and 1 pass its check
     "loss.label_smoothing": _r(0, 1, "0.1", hi_open=True),
     "sched.warmup_epochs": _r(0, MAX_EPOCHS, "1.0"),
     "sched.warmup_steps": _r(0, 10**9, "500"),
@@ -593,6 +607,11 @@ def _cross_rules(cfg: DictConfig) -> list[tuple[bool, str]]:
             f"e.g. aug.rrc_ratio=[0.75,1.3333333]",
         ),
         (
+            len(cfg.optim.betas) == 2,
+            f"optim.betas={_text(cfg.optim.betas)}: optim.betas takes two values in [0, 1), the decay of the "
+            f"gradient's average and of its square's; e.g. optim.betas=[0.9,0.999]",
+        ),
+        (
             len(split) == 3 and split[0] > 0 and abs(sum(split) - 1.0) <= 1e-6,
             f"data.split={_text(split)}: data.split takes three fractions train,val,test that add up to 1, "
             f"train > 0; e.g. data.split=[0.85,0.05,0.10]",
@@ -639,6 +658,34 @@ def _check_model_options(cfg: DictConfig) -> None:
         )
 
 
+def _check_own_settings(
+    cfg: DictConfig, group: str, takes: Mapping[str, Collection[str]], shared: Collection[str]
+) -> None:
+    """A `<group>.<key>` set off its schema default that the chosen option does not read (`takes`:
+    option -> the keys it reads) fails, naming the option, the keys it reads and the options that
+    read the key: silently ignored, it would still change the run id and measure nothing."""
+    choice, defaults, own = str(cfg[group].name), schema_leaves(), set(takes[cfg[group].name])
+    node = OmegaConf.to_container(cfg[group], resolve=True)
+    assert isinstance(node, dict)
+    set_keys = {str(key): value for key, value in node.items() if str(key) not in shared}
+    unread = {
+        key: value
+        for key, value in set_keys.items()
+        if key not in own and value != defaults.get(f"{group}.{key}", MISSING_FIELD)
+    }
+    if not unread:
+        return
+    readers = [name for name, keys in takes.items() if set(unread) <= set(keys)]
+    its = ", ".join(f"{group}.{key}" for key in takes[choice]) or "none"
+    given = " ".join(f"{group}.{key}={_text(value)}" for key, value in unread.items())
+    default = " ".join(f"{group}.{key}={_text(defaults.get(f'{group}.{key}'))}" for key in unread)
+    raise AnimalclsError(
+        f"{group}={choice} does not take {given}: its own settings are {its}; leave "
+        f"{'it' if len(unread) == 1 else 'them'} at the default ({default})"
+        + (f" or use {group}={' or '.join(readers)}." if readers else ".")
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Reject values that type checks let through, before any data is read."""
     _choice(cfg.model.name, MODELS.names(), "model")
@@ -661,6 +708,8 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.sched.name, SCHEDULES.names(), "sched")
     _choice(cfg.logger.name, TRACKERS, "logger")
     check_ranges(cfg)
+    _check_own_settings(cfg, "optim", {name: OPTIMIZERS.get(name).options for name in OPTIMIZERS}, OPTIM_SHARED)
+    _check_own_settings(cfg, "sched", {name: SCHEDULES.get(name).takes for name in SCHEDULES}, ("name",))
     for ok, message in _cross_rules(cfg):
         if not ok:
             raise AnimalclsError(message)

@@ -5,14 +5,19 @@ it (display name, default augmentation, bf16 capability, short id). Unknown name
 `AnimalclsError` that lists the known ones, so a typo never falls back silently to a default.
 
 Adding a torchvision model is one `register_model(...)` line below plus one YAML file in
-`conf/model/`; the config check, the paper ids and the report all derive from the entry.
+`conf/model/` that names it and picks its `default_aug` (`defaults: - override
+/aug@_global_.aug: imagenet_224`); adding an optimizer is one `register_optimizer(...)` line
+naming its torch class and the `optim.<key>`s it takes (a new key also needs a schema field with
+torch's default and a range in config.py) plus one YAML file in `conf/optim/`. The config check,
+the paper ids and the report derive from the entry; tests/test_every_config.py builds every
+entry from its YAML and checks that the two agree.
 Builders import torchvision lazily: `import torchvision` costs seconds and the CLI checks names
 before it needs a model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -129,38 +134,48 @@ def base_model() -> str:
 
 @dataclass(frozen=True)
 class OptimizerSpec:
+    """A torch optimizer, as timm's `create_optimizer_v2` builds one: the class by name, and the
+    optimizer's own settings as `optim.<key>` -> torch keyword. lr and weight decay (every torch
+    optimizer's, decay also per parameter group) always pass; an own setting of another optimizer,
+    set off its schema default, is refused by `config.validate` rather than silently dropped."""
+
     name: str
     display: str
     short: str  # in paper configuration ids: base-adam-lr1e-3-...
-    build: Callable[..., Any]  # (params, lr, momentum, weight_decay, nesterov) -> Optimizer
+    torch_class: str  # in torch.optim
+    options: Mapping[str, str] = field(default_factory=dict)  # optim.<key> -> torch keyword
+
+    def build(self, params: Any, lr: float, weight_decay: float, optim: Mapping[str, Any]) -> Any:
+        """The optimizer over `params`; `optim` the optim config node (its own settings are read)."""
+        import torch
+
+        kwargs = {kw: _torch_value(optim[key]) for key, kw in self.options.items()}
+        return getattr(torch.optim, self.torch_class)(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def _torch_value(value: Any) -> Any:
+    # torch wants plain values: betas a tuple, not OmegaConf's ListConfig
+    return tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer", "optim")
 
 
-def _adam(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
-    import torch
-
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def register_optimizer(spec: OptimizerSpec) -> OptimizerSpec:
+    return OPTIMIZERS.add(spec.name, spec)
 
 
-def _adamw(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
-    import torch
+_ADAM = {"betas": "betas", "eps": "eps"}
+_SGD = {"momentum": "momentum", "nesterov": "nesterov"}
 
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-def _sgd(params: Any, lr: float, momentum: float, weight_decay: float, nesterov: bool) -> Any:
-    import torch
-
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-
-
-OPTIMIZERS.add("adam", OptimizerSpec("adam", "Adam", "adam", _adam))
-OPTIMIZERS.add("sgd", OptimizerSpec("sgd", "SGD", "sgd", _sgd))
-OPTIMIZERS.add("sgd_momentum", OptimizerSpec("sgd_momentum", "SGD + momentum (0.9)", "sgdm", _sgd))
-OPTIMIZERS.add("adamw", OptimizerSpec("adamw", "AdamW", "adamw", _adamw))
-OPTIMIZERS.add("sgd_nesterov", OptimizerSpec("sgd_nesterov", "SGD + Nesterov", "sgdn", _sgd))
+register_optimizer(OptimizerSpec("adam", "Adam", "adam", "Adam", _ADAM))
+register_optimizer(OptimizerSpec("sgd", "SGD", "sgd", "SGD", _SGD))
+register_optimizer(OptimizerSpec("sgd_momentum", "SGD + momentum (0.9)", "sgdm", "SGD", _SGD))
+register_optimizer(OptimizerSpec("adamw", "AdamW", "adamw", "AdamW", _ADAM))
+register_optimizer(OptimizerSpec("sgd_nesterov", "SGD + Nesterov", "sgdn", "SGD", _SGD))
+register_optimizer(
+    OptimizerSpec("rmsprop", "RMSprop", "rmsprop", "RMSprop", {"alpha": "alpha", "eps": "eps", "momentum": "momentum"})
+)
 
 
 # ---------------------------------------------------------------- losses
@@ -217,16 +232,25 @@ AUGMENTATIONS.add("imagenet_224", AugSpec("imagenet_224", "default (224)", "imag
 
 @dataclass(frozen=True)
 class ScheduleSpec:
+    """A formula gets the whole sched node, so a schedule with settings of its own needs no new
+    signature; `takes` names the `sched.<key>`s it reads, so one set for another schedule (gamma
+    with cosine) is refused by `config.validate` rather than silently ignored."""
+
     name: str
     display: str
     factor: schedule.Formula  # (step, total steps, steps per epoch, sched config) -> lr factor
+    takes: tuple[str, ...] = ()
 
 
 SCHEDULES: Registry[ScheduleSpec] = Registry("schedule", "sched")
-SCHEDULES.add("constant", ScheduleSpec("constant", "constant", schedule.constant))
-SCHEDULES.add("cosine", ScheduleSpec("cosine", "cosine", schedule.cosine))
-SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay))
-SCHEDULES.add("onecycle", ScheduleSpec("onecycle", "one cycle", schedule.onecycle))
+_WARMUP = ("warmup_epochs", "warmup_steps")  # schedule.lr_factor's, for all but onecycle (its own rise)
+SCHEDULES.add("constant", ScheduleSpec("constant", "constant", schedule.constant, _WARMUP))
+SCHEDULES.add("cosine", ScheduleSpec("cosine", "cosine", schedule.cosine, (*_WARMUP, "min_lr_ratio")))
+SCHEDULES.add("step", ScheduleSpec("step", "step", schedule.step_decay, (*_WARMUP, "step_epochs", "gamma")))
+SCHEDULES.add(
+    "onecycle",
+    ScheduleSpec("onecycle", "one cycle", schedule.onecycle, ("pct_start", "div_factor", "final_div_factor")),
+)
 
 
 # ---------------------------------------------------------------- experiment trackers (animalcls.tracking)
