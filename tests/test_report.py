@@ -224,7 +224,9 @@ def test_report_writes_every_table_and_figure(built):
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{paper.experiment_name(table)}.{ext}").is_file()
     for name in (
-        "accuracy_efficiency",
+        "accuracy_efficiency_paper_Animals-151",
+        "accuracy_efficiency_runs_animals",
+        "accuracy_efficiency_runs_demo",
         "curves_b0",
         "curves_m0",
         "failure_cases",
@@ -271,7 +273,9 @@ def test_report_index_links_everything_and_says_what_is_missing(built):
         "What is missing",
         "`base-adam-lr1e-2-bs16-e10-ce` (1 failed; tables 2.1.2)",
         "Table 2.3.4",
-        "figures/accuracy_efficiency.png",
+        "figures/accuracy_efficiency_paper_Animals-151.png",
+        "Accuracy vs efficiency: reproduced on demo",
+        "figures/accuracy_efficiency_runs_demo.png",
         "figures/failure_cases.png",
         "figures/curves_b0.png",
         "leaves open",
@@ -309,7 +313,54 @@ def test_report_without_results_says_everything_is_missing(tmp_path):
     compared = pd.read_csv(out / "paper_comparison.csv")
     assert len(compared) == 67 and (compared["status"] == "missing").all()
     assert compared["reproduced_top1_mean"].isna().all()
-    assert (out / "figures" / "accuracy_efficiency.png").is_file()
+    figures = sorted(p.name for p in (out / "figures").glob("accuracy_efficiency*"))
+    assert figures == ["accuracy_efficiency_paper_Animals-151.png"]  # no runs: the paper's figure alone
+    assert "No run with a test accuracy and GFLOPs yet." in text
+
+
+# ---------------------------------------------------------------- accuracy vs GFLOPs: one data set per figure
+
+
+def drawn_x(fig) -> set[float]:
+    """The x of every point drawn on a figure's axes (scatter and error-bar markers)."""
+    from matplotlib.collections import PathCollection
+
+    (ax,) = fig.axes  # one panel
+    xs = {round(float(x), 6) for c in ax.collections if isinstance(c, PathCollection) for x, _ in c.get_offsets()}
+    return xs | {round(float(x), 6) for line in ax.lines for x in line.get_xdata()}
+
+
+def test_accuracy_efficiency_draws_each_data_set_apart_from_the_paper(tmp_path, monkeypatch):
+    from animalcls.report import figures
+
+    saved: dict[str, set[float]] = {}
+
+    def keep(fig, path: Path) -> Path:  # what was drawn, instead of a PNG
+        saved[path.name] = drawn_x(fig)
+        figures._pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(figures, "_save", keep)
+
+    def demo(data_id: str) -> dict:
+        return {**V2, "data": "demo", "data_id": data_id}
+
+    groups = groups_of(  # GFLOPs told apart, so each figure's points say where they came from
+        {**row("a", BASE, 0, top1=30.0, **V2, repeat_id="r1"), "gflops": 0.7},
+        {**row("b", BASE, 0, top1=20.0, **demo("demo-1"), repeat_id="r2"), "gflops": 0.8},
+        {**row("c", BASE, 1, top1=21.0, **demo("demo-2"), repeat_id="r3"), "gflops": 0.9},
+    )
+    sets = figures.efficiency_data_sets(groups)
+    assert [(label, slug) for label, slug, _ in sets] == [
+        ("animals", "animals"),
+        ("demo (data id demo-1)", "demo-demo-1"),
+        ("demo (data id demo-2)", "demo-demo-2"),
+    ]
+    for label, slug, points in sets:
+        figures.figure_accuracy_efficiency(groups, points, label, tmp_path / f"{slug}.png")
+        assert saved[f"{slug}.png"] == {round(float(g), 6) for g in points["gflops"]}  # its own runs, nothing else
+    figures.figure_paper_efficiency(groups, tmp_path / "paper.png")
+    assert saved["paper.png"] == {round(float(g), 6) for g in paper.configs()["efficiency_g"]}
 
 
 # ---------------------------------------------------------------- only true repeats are pooled

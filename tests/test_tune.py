@@ -137,6 +137,62 @@ def test_a_pruned_trial_stops_early_and_its_row_says_pruned(tmp_path, images, sp
     assert len(list((tmp_path / "outputs" / "unfinished").glob("*"))) == 0  # no resume pointer left
 
 
+# ---------------------------------------------------------------- repeats: seeds per trial
+
+
+def test_repeats_run_every_seed_and_the_trial_value_is_their_mean(tmp_path, images, space, cli, capsys):
+    args = tune_args(images, "n_trials=2", "repeats=2", "pruner=none", "epochs=1", f"space={space}")
+    assert cli(args, tmp_path) == 0
+    out = capsys.readouterr().out
+    study, rows = load_study(tmp_path), table(tmp_path)
+    assert states(study) == ["COMPLETE"] * 2 and len(rows) == 4 and (rows["status"] == "ok").all()
+    for trial in study.trials:
+        mine = rows[rows["tags"].str.contains(f"trial:{trial.number}")]
+        assert sorted(mine["seed"]) == [0, 1] and mine["run_id"].nunique() == 2 and mine["repeat_id"].nunique() == 1
+        assert trial.value == pytest.approx(mine["val_top1"].mean())
+        attrs = trial.user_attrs
+        assert (attrs["seeds"], attrs["n"]) == ([0, 1], 2) and attrs["mean"] == pytest.approx(trial.value)
+        assert attrs["std"] == pytest.approx(mine["val_top1"].std(ddof=1))
+        assert attrs["run_id"] == mine.set_index("seed").loc[0, "run_id"]  # the first seed's run
+    assert rows["repeat_id"].nunique() == 2  # the trials' settings differ
+
+    # the printed command sweeps the best trial's seeds: both are done, so train skips them
+    command = next(line for line in out.splitlines() if line.startswith("best command: "))
+    assert command.startswith("best command: animalcls train -m ") and command.endswith(" seed=0,1")
+    assert cli(shlex.split(command.removeprefix("best command: animalcls ")), tmp_path) == 0
+    assert len(table(tmp_path)) == 4
+
+
+def test_with_repeats_the_pruner_judges_the_first_seed_only(tmp_path, images, space, cli, monkeypatch):
+    asked: list[int] = []
+
+    def prune_trial_1(self, study, trial):
+        asked.append(trial.number)
+        return trial.number == 1
+
+    monkeypatch.setattr(optuna.pruners.MedianPruner, "prune", prune_trial_1)
+    assert cli(tune_args(images, "n_trials=2", "repeats=2", "epochs=2", f"space={space}"), tmp_path) == 0
+    study, rows = load_study(tmp_path), table(tmp_path)
+    assert states(study) == ["COMPLETE", "PRUNED"]
+    assert asked == [0, 1]  # once per trial: after the first seed's epoch 1 (not its last, not seed 1's)
+    assert list(study.trials[0].intermediate_values) == [1, 2]
+    pruned = rows[rows["tags"].str.contains("trial:1")]
+    assert list(pruned["seed"]) == [0] and list(pruned["status"]) == ["pruned"]  # seed 1 never ran
+    assert sorted(rows[rows["tags"].str.contains("trial:0")]["seed"]) == [0, 1]
+
+
+def test_repeats_1_is_a_study_as_before(tmp_path, images, space, cli):
+    args = tune_args(images, "pruner=none", "epochs=1", f"space={space}")
+    assert cli([*args, "n_trials=1"], tmp_path) == 0
+    assert cli([*args, "n_trials=2", "repeats=1"], tmp_path) == 0  # the same study: repeats=1 is the default
+    study, rows = load_study(tmp_path), table(tmp_path)
+    assert states(study) == ["COMPLETE"] * 2 and len(rows) == 2 and set(rows["seed"]) == {0}
+    for trial in study.trials:
+        assert "seeds" not in trial.user_attrs and "seed" not in Path(trial.user_attrs["run_dir"]).name
+        assert trial.value == pytest.approx(rows.set_index("run_id").loc[trial.user_attrs["run_id"], "val_top1"])
+    assert cli([*args, "n_trials=3", "repeats=2"], tmp_path) == 2  # another objective: refused
+
+
 # ---------------------------------------------------------------- stop, crash, share
 
 
@@ -206,6 +262,7 @@ def test_two_processes_share_one_study(tmp_path, images, space):
         (["sampler=grid"], "sampler='grid' is not known; choose one of: tpe, random"),
         (["pruner=sometimes"], "pruner='sometimes' is not known"),
         (["n_trials=0"], "n_trials must be a whole number >= 1"),
+        (["repeats=0"], "repeats (seeds per trial) must be a whole number >= 1"),
         (["space=nosuch"], "space=nosuch is not a known search space; choose one of: default"),
         (["+hparams_search=optuna"], "the Hydra Optuna sweeper is retired (hparams_search=optuna)"),
         (["lr=-1"], "lr=-1 is out of range"),

@@ -1,6 +1,6 @@
 """`animalcls tune [study=NAME] [n_trials=20] [timeout=SECONDS] [sampler=tpe|random]
 [pruner=median|hyperband|none] [space=default|PATH.yaml] [storage=URL] [sampler_seed=0]
-[resume_only=false] [key=value ...]`
+[repeats=1] [resume_only=false] [key=value ...]`
 
 A hyper-parameter search with Optuna. Every trial is an ordinary training run (a run dir under
 outputs/tune/<study>/, its train.log, one row in the results table); a pruned trial's row has
@@ -18,6 +18,13 @@ status `pruned`. The other key=value overrides (e.g. `data=demo epochs=3`) apply
                 command line are not searched
   storage       any Optuna RDB URL (default sqlite:///outputs/tune/<study>.db)
   sampler_seed  the sampler's seed (default 0)
+  repeats       seeds per trial (default 1). A trial trains seed, seed+1, ..., seed+repeats-1
+                (`seed` is the config's, default 0; each seed also draws its own split, as with
+                `animalcls train seed=N`), each an ordinary run and results row with one
+                repeat_id (a re-run skips the done ones); the trial's value is their mean
+                validation top-1, and its user attrs hold seeds, val_top1_per_seed, n, mean and
+                std. Pruning judges the first seed's curve alone: only it reports per epoch, and
+                the later seeds run only if it finishes unpruned. A study keeps its repeats.
   resume_only   true: continue an existing study only; a missing one is an error
 
 Several `animalcls tune` processes on one study (same storage and command) share the work and
@@ -40,6 +47,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +75,7 @@ OPTIONS: dict[str, str] = {
     "space": "NAME|PATH.yaml",
     "storage": "URL",
     "sampler_seed": "N",
+    "repeats": "K",
     "resume_only": "true|false",
 }
 SAMPLERS = ("tpe", "random")
@@ -79,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "space": "default",
     "storage": "",
     "sampler_seed": 0,
+    "repeats": 1,
     "resume_only": False,
 }
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -117,6 +127,9 @@ def checked_options(given: dict[str, Any]) -> dict[str, Any]:
         raise AnimalclsError(f"timeout is in seconds and > 0 (got {timeout!r}); e.g. timeout=3600")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise AnimalclsError(f"sampler_seed must be a whole number >= 0 (got {seed!r})")
+    repeats = options["repeats"]
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise AnimalclsError(f"repeats (seeds per trial) must be a whole number >= 1 (got {repeats!r}); e.g. repeats=3")
     if not isinstance(options["resume_only"], bool):
         raise AnimalclsError(f"resume_only is true or false (got {options['resume_only']!r})")
     for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
@@ -480,22 +493,15 @@ class Objective:
         n_trials: int,
         study_dir: Path,
         stop: threading.Event,
+        repeats: int = 1,
     ) -> None:
         self.base, self.space, self.n_trials, self.study_dir, self.stop = base, space, n_trials, study_dir, stop
+        self.repeats = repeats
         self.interrupted = False
         self.quiet: set[int] = set()  # trials stopped on purpose: no "Trial N failed" traceback from Optuna
 
     def __call__(self, trial: optuna.Trial) -> float:
-        import optuna
-
-        if self.stop.is_set():
-            self.quiet.add(trial.number)
-            raise Interrupted()
-        if taken(trial.study, below=trial.number) >= self.n_trials:
-            self.quiet.add(trial.number)
-            trial.set_user_attr("surplus", True)
-            trial.study.stop()
-            raise Surplus(f"the study already has {self.n_trials} trials (other processes): not run")
+        self._take_turn(trial)
         pid = os.getpid()
         for key, attr in (("host", socket.gethostname()), ("pid", pid), ("pid_token", process_token(pid))):
             trial.set_user_attr(key, attr)
@@ -504,20 +510,50 @@ class Objective:
         cfg = compose([*self.base, *overrides])
         validate(cfg)
         cfg.tags = [*cfg.tags, f"tune:{trial.study.study_name}", f"trial:{trial.number}"]
-        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-        run_dir = (self.study_dir / f"trial-{trial.number}-{stamp}").resolve()
-        (run_dir / ".hydra").mkdir(parents=True)
-        write_text_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-        write_text_atomic(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump([*self.base, *overrides]))
-        trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("command", train_command(self.base, params))
+        seeds = repeat_seeds(int(cfg.seed), self.repeats)
+        trial.set_user_attr("command", best_command(self.base, params, seeds))
         retry = trial.user_attrs.get("retry_of")
         log.info(
             "trial %d%s: %s", trial.number, f" (trial {retry} again)" if retry is not None else "", " ".join(overrides)
         )
-        row = self._run(trial, cfg, run_dir)
+        if self.repeats == 1:
+            return self._seed_run(trial, cfg, overrides, first=True)
+        # the first seed alone reports to the pruner (see `repeats` in the module docstring): a
+        # later seed runs only once the first has finished unpruned
+        values = [self._seed_run(trial, with_seed(cfg, s), overrides, first=i == 0) for i, s in enumerate(seeds)]
+        for key, value in repeat_attrs(seeds, values).items():
+            trial.set_user_attr(key, value)
+        log.info("trial %d: mean val top-1 %.2f%% over seeds %s", trial.number, sum(values) / len(values), seeds)
+        return sum(values) / len(values)
+
+    def _take_turn(self, trial: optuna.Trial) -> None:
+        """Raise when this trial is not to run: a stop was asked for, or other processes hold n_trials."""
+        if self.stop.is_set():
+            self.quiet.add(trial.number)
+            raise Interrupted()
+        if taken(trial.study, below=trial.number) >= self.n_trials:
+            self.quiet.add(trial.number)
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise Surplus(f"the study already has {self.n_trials} trials (other processes): not run")
+
+    def _seed_run(self, trial: optuna.Trial, cfg: DictConfig, overrides: list[str], first: bool) -> float:
+        """One run of the trial (one seed): its validation top-1, or the exception that ends the trial."""
+        import optuna
+
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        seed_part = f"seed{cfg.seed}-" if self.repeats > 1 else ""
+        run_dir = (self.study_dir / f"trial-{trial.number}-{seed_part}{stamp}").resolve()
+        (run_dir / ".hydra").mkdir(parents=True)
+        write_text_atomic(run_dir / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
+        seed = [f"seed={cfg.seed}"] if self.repeats > 1 else []
+        write_text_atomic(run_dir / ".hydra" / "overrides.yaml", yaml.safe_dump([*self.base, *overrides, *seed]))
+        if first:
+            trial.set_user_attr("run_dir", str(run_dir))
+        row = self._run(trial, cfg, run_dir, report=first)
         status = str(row.get("status", ""))
-        trial.set_user_attr("run_id", str(row.get("run_id", "")))
+        if first:
+            trial.set_user_attr("run_id", str(row.get("run_id", "")))
         trial.set_user_attr("status", status)
         value = _number(row.get("val_top1"))
         if status == "interrupted":  # FAIL (not counted) and queued again: its run resumes from last.pt
@@ -530,13 +566,16 @@ class Objective:
             raise optuna.TrialPruned(f"pruned after epoch {row.get('epochs_done')}")
         if value is None:
             raise TrialFailed(f"the run ended {status} without a validation top-1")
-        if row.get("skipped"):  # done before (same run id): the trial is that run
+        if row.get("skipped") and first:  # done before (same run id): the trial is that run
             trial.set_user_attr("run_dir", str(row.get("run_dir", run_dir)))
         done = "already done: its recorded" if row.get("skipped") else status + ","
-        log.info("trial %d: %s val top-1 %.2f%%, run dir %s", trial.number, done, value, row.get("run_dir", run_dir))
+        which = f" (seed {cfg.seed})" if self.repeats > 1 else ""
+        log.info(
+            "trial %d%s: %s val top-1 %.2f%%, run dir %s", trial.number, which, done, value, row.get("run_dir", run_dir)
+        )
         return value
 
-    def _run(self, trial: optuna.Trial, cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    def _run(self, trial: optuna.Trial, cfg: DictConfig, run_dir: Path, report: bool = True) -> dict[str, Any]:
         def epoch_hook(epoch: int, row: dict[str, Any]) -> None:
             value = _number(row.get("val_top1"))
             if value is None:
@@ -547,7 +586,7 @@ class Objective:
 
         with train_log(run_dir):
             try:
-                return run_training(cfg, run_dir, epoch_hook=epoch_hook)
+                return run_training(cfg, run_dir, epoch_hook=epoch_hook if report else None)
             except RunBusy as exc:  # another process trains this configuration: this trial fails, the study goes on
                 raise TrialFailed(str(exc)) from None
             except (AnimalclsError, Interrupted, KeyboardInterrupt):
@@ -555,6 +594,34 @@ class Objective:
             except Exception as exc:  # recorded as a failed row by run_training; the study goes on
                 log.error("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
                 raise TrialFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def repeat_seeds(first: int, repeats: int) -> list[int]:
+    """The seeds of a trial: the config's seed and the next repeats - 1 (each also draws its own
+    split: the data split follows `seed`, as it does for `animalcls train seed=...`)."""
+    return [first + i for i in range(repeats)]
+
+
+def with_seed(cfg: DictConfig, seed: int) -> DictConfig:
+    copy = deepcopy(cfg)
+    copy.seed = seed
+    return copy
+
+
+def repeat_attrs(seeds: list[int], values: list[float]) -> dict[str, Any]:
+    """A trial's per-seed values as user attrs: n, mean and sample std (ddof=1, as the report)."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return {"seeds": seeds, "val_top1_per_seed": values, "n": len(values), "mean": mean, "std": std}
+
+
+def best_command(base: Sequence[str], params: Mapping[str, Any], seeds: list[int]) -> str:
+    """The trial's `animalcls train` command: one run, or with several seeds a sweep over them."""
+    if len(seeds) == 1:
+        return train_command(base, params)
+    others = [a for a in base if a.split("=", 1)[0].lstrip("+~") != "seed"]
+    one = train_command(others, params).removeprefix("animalcls train ")
+    return f"animalcls train -m {one} seed={','.join(map(str, seeds))}"
 
 
 def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
@@ -604,6 +671,8 @@ def main(args: list[str]) -> int:
     if not options["storage"] and not options["resume_only"]:
         tune_dir.mkdir(parents=True, exist_ok=True)
     identity = {"overrides": sorted(base), "space": options["space"], "searched": sorted(space)}
+    if options["repeats"] > 1:  # only then: studies made before repeats existed keep their identity
+        identity["repeats"] = options["repeats"]
     sampler = make_sampler(options["sampler"], options["sampler_seed"], options["n_trials"])
     pruner = make_pruner(options["pruner"], int(cfg.epochs))
     with _opening(url):
@@ -650,7 +719,7 @@ def optimize(
         if stop.is_set() or taken(study) >= n_trials or len(failures) >= max_failures:
             study.stop()
 
-    objective = Objective(base, space, n_trials, study_dir, stop)
+    objective = Objective(base, space, n_trials, study_dir, stop, options["repeats"])
     already = counted(study)
     if already >= n_trials:
         log.info("study %s already has %d finished trials (n_trials=%d)", study.study_name, already, n_trials)
@@ -724,7 +793,9 @@ def summary(study: optuna.Study, url: str, base: list[str], n_trials: int, secon
         return
     best = study.best_trial
     settings = ", ".join(f"{k}={override_value(v)}" for k, v in best.params.items())
-    print(f"best: trial {best.number}, val top-1 {best.value:.2f}% ({settings})")
-    print(f"run dir: {best.user_attrs.get('run_dir', '?')}")
-    print(f"best command: {train_command(base, best.params)}")
+    seeds = best.user_attrs.get("seeds") or [0]
+    over = f" (mean of seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+    print(f"best: trial {best.number}, val top-1 {best.value:.2f}%{over} ({settings})")
+    print(f"run dir: {best.user_attrs.get('run_dir', '?')}" + (" (its first seed)" if over else ""))
+    print(f"best command: {best_command(base, best.params, seeds)}")
     print(f"storage: {shown(url)}   (browse it: optuna-dashboard {shown(url)})")

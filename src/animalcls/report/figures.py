@@ -8,6 +8,7 @@ through `mpl_text`, so a `$` in a name is drawn, not parsed as math.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -46,43 +47,75 @@ def _gflops_axis(ax: Any, xs: list[float]) -> None:
     ax.set_xlabel("compute per image [GFLOPs = 2 x multiply-adds, conv + linear; log scale]")
 
 
-def _legend(ax: Any, models: list[str], colors: dict, differs: bool) -> None:
+def _legend(ax: Any, models: list[str], colors: dict, marks: list[tuple[str, bool, str]]) -> None:
+    """Model colours, then one entry per marker kind: (marker, hollow, label)."""
     from matplotlib.lines import Line2D
 
     handles = [
         Line2D([], [], marker="s", linestyle="", color=colors[m], label=display_name("model", m)) for m in models
     ]
-    handles += [
-        Line2D(
-            [],
-            [],
-            marker="o",
-            linestyle="",
-            markerfacecolor="none",
-            markeredgecolor="black",
-            color="black",
-            label="paper (as reported)",
-        ),
-        Line2D([], [], marker="o", linestyle="", color="black", label="reproduced (top-1, mean ± std)"),
-    ]
-    if differs:
+    for marker, hollow, label in marks:
+        face = "none" if hollow else "black"
         handles.append(
-            Line2D([], [], marker="^", linestyle="", color="black", label="reproduced, settings differ from the paper")
+            Line2D([], [], marker=marker, linestyle="", markerfacecolor=face, color="black", label=mpl_text(label))
         )
     ax.legend(handles=handles, loc="lower right", fontsize=8)
 
 
-def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
-    """Figure 3.1: accuracy vs compute per model; paper points (hollow) beside reproduced ones
-    (filled, mean ± std over seeds), a dotted line joining the two for one configuration."""
+PAPER_DATA = "Animals-151"  # the paper's data set: its reported points are measured on it alone
+
+
+def reproduced_points(groups: pd.DataFrame) -> pd.DataFrame:
+    """Groups that can be drawn: a test top-1 mean and measured GFLOPs."""
+    return groups[groups["test_top1_mean"].notna() & groups["gflops"].notna()]
+
+
+def efficiency_data_sets(groups: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """The reproduced points per data set, as (label, file-name part, points): one figure each.
+    A data set is its name (`data_name`); two data sets of one name (different `data_id`, e.g.
+    another download or downsampling) are told apart by the id's first 8 characters."""
+    points = reproduced_points(groups)
+    found = []
+    name: Hashable
+    for name, by_name in points.groupby(points["data_name"].fillna("").astype(str), sort=True):
+        ids = by_name["data_id"].fillna("").astype(str)
+        label = str(name) or "unknown data set"
+        if ids.nunique() == 1:
+            found.append((label, _slug(label), by_name))
+            continue
+        for data_id, one in by_name.groupby(ids, sort=True):
+            short = str(data_id)[:8] or "none"
+            found.append((f"{label} (data id {short})", _slug(f"{label}-{short}"), one))
+    return found
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def _efficiency_axes(groups: pd.DataFrame, title: str) -> tuple[Any, Any, list[str], dict[Hashable, Any]]:
+    """A figure with the axes every accuracy-efficiency figure shares (the same models' colours,
+    x range and y range), so figures of different data sets read side by side."""
     plt = _pyplot()
     configs = paper.configs()
     # the registry's order, so a model keeps its colour whichever runs a report holds
     models = [m for m in MODELS.names() if m in set(configs["model"]) | set(groups.get("model", []))]
     colors: dict[Hashable, Any] = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(models)}
     fig, ax = plt.subplots(figsize=(9, 6))
+    _gflops_axis(ax, [*configs["efficiency_g"], *reproduced_points(groups)["gflops"]])
+    ax.set_ylim(0, 102)
+    ax.set_ylabel("test accuracy [%]")
+    ax.set_title(mpl_text(title), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig, ax, models, colors
+
+
+def figure_paper_efficiency(groups: pd.DataFrame, path: Path) -> Path:
+    """Figure 3.1 as the paper reports it: its own points (hollow), on its data set alone.
+    `groups` only sets the shared colours and axes."""
+    fig, ax, models, colors = _efficiency_axes(groups, f"Accuracy vs efficiency: paper ({PAPER_DATA}, as reported)")
     model: Hashable  # a group key
-    for model, points in configs.groupby("model"):
+    for model, points in paper.configs().groupby("model"):
         ax.scatter(
             points["efficiency_g"],
             points["accuracy_pct"],
@@ -92,33 +125,32 @@ def figure_accuracy_efficiency(groups: pd.DataFrame, path: Path) -> Path:
             linewidths=1.5,
             zorder=3,
         )
-    reproduced = groups[groups["test_top1_mean"].notna() & groups["gflops"].notna()]
-    for (model, exact), points in reproduced.groupby(["model", reproduced["diffs"] == ""]):
+    _legend(ax, models, colors, [("o", True, f"paper, on {PAPER_DATA} (as reported)")])
+    return _save(fig, path)
+
+
+def figure_accuracy_efficiency(groups: pd.DataFrame, points: pd.DataFrame, data: str, path: Path) -> Path:
+    """Figure 3.1's axes for the reproduced runs of one data set (`points`, from
+    `efficiency_data_sets`): test top-1 mean ± std over seeds per group, filled; triangles where
+    settings or data differ from the paper's. The paper's points are never drawn here: they were
+    measured on another data set (or another copy of it), so they have a figure of their own."""
+    fig, ax, models, colors = _efficiency_axes(groups, f"Accuracy vs efficiency: reproduced on {data}")
+    model: Hashable  # a group key
+    for (model, exact), some in points.groupby(["model", points["diffs"] == ""]):
         ax.errorbar(
-            points["gflops"],
-            points["test_top1_mean"],
-            yerr=points["test_top1_std"].fillna(0.0),
+            some["gflops"],
+            some["test_top1_mean"],
+            yerr=some["test_top1_std"].fillna(0.0),
             fmt="o" if exact else "^",
             color=colors.get(model, "grey"),
             markersize=6,
             capsize=3,
             zorder=4,
         )
-    paired = reproduced.merge(configs, on="paper_config", suffixes=("", "_paper"))
-    for p in paired.to_dict("records"):
-        ax.plot(
-            [p["efficiency_g"], p["gflops"]],
-            [p["accuracy_pct"], p["test_top1_mean"]],
-            ":",
-            color=colors.get(p["model"], "grey"),
-            linewidth=0.8,
-            zorder=2,
-        )
-    _gflops_axis(ax, [*configs["efficiency_g"], *reproduced["gflops"]])
-    ax.set_ylabel("test accuracy [%]")
-    ax.set_title("Accuracy vs efficiency (paper Figure 3.1): paper vs reproduced")
-    ax.grid(True, which="both", alpha=0.3)
-    _legend(ax, models, colors, differs=bool((reproduced["diffs"] != "").any()))
+    marks = [("o", False, f"reproduced on {data} (test top-1, mean ± std)")]
+    if (points["diffs"] != "").any():
+        marks.append(("^", False, "settings or data differ from the paper's"))
+    _legend(ax, models, colors, marks)
     return _save(fig, path)
 
 
