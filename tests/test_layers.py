@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
                 "animalcls.results",
                 "animalcls.resume",
                 "animalcls.schedule",
+                "animalcls.sweep",
             ),
         ),
     ),
@@ -63,13 +64,14 @@ EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def place(module: str) -> tuple[int, int] | None:
-    """(layer, group) of `module`: its most specific listed name wins (`animalcls` covers only
-    what nothing longer does); None when it is in no layer."""
+    """(layer, group) of `module`: its most specific listed name wins (`animalcls` is the package's
+    __init__ alone, so a new module must be listed); None when it is in no layer."""
     best: tuple[int, int, int] | None = None
     for layer, (_, groups) in enumerate(LAYERS):
         for group, names in enumerate(groups):
             for name in names:
-                if (module == name or module.startswith(name + ".")) and (best is None or len(name) > best[2]):
+                covers = module == name or (name != "animalcls" and module.startswith(name + "."))
+                if covers and (best is None or len(name) > best[2]):
                     best = (layer, group, len(name))
     return None if best is None else best[:2]
 
