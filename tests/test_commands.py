@@ -16,7 +16,7 @@ import pytest
 
 from animalcls import results
 
-from conftest import TINY, make_image_folder, tiny_train_args
+from conftest import TINY, make_image_folder, run_cli, tiny_train_args
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "animalcls"
 
@@ -332,3 +332,13 @@ def test_commands_sit_on_the_library_layer_not_on_run_or_cli():
         assert path.name == "tune.py" or "animalcls.run" not in imported, path.name
     below_cli = [p for p in SRC.rglob("*.py") if p.name not in ("cli.py", "__main__.py")]  # __main__ runs cli
     assert not [p.name for p in below_cli if "animalcls.cli" in _imports(p)]
+
+
+def test_version_and_the_groups_listed_by_train_help(tmp_path, capsys):
+    from importlib.metadata import version
+
+    assert run_cli(["--version"], tmp_path) == 0
+    assert capsys.readouterr().out.strip() == f"animalcls {version('animalcls')}"
+    assert run_cli(["train", "--help"], tmp_path) == 0
+    listed = capsys.readouterr().out
+    assert "model:" in listed and "optim:" in listed and "hparams_search" not in listed  # retired: tune

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from animalcls import sweep
 
-USAGE = """usage: animalcls <command> [key=value ...]
+USAGE = """usage: animalcls <command> [key=value ...]   (animalcls --version: the installed version)
 
 commands:
   train     train and test one configuration; -m sweeps (Hydra overrides, e.g. model=resnet18 lr=0.01)
@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         sys.exit(0 if argv else EXIT_BAD_INPUT)
+    if argv[0] in ("-V", "--version", "version"):
+        print(f"animalcls {_version()}")
+        sys.exit(0)
     command, args = argv[0], argv[1:]
     if command == "train":
         sys.argv = [f"{Path(sys.argv[0]).name} train", *args]
@@ -233,6 +236,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_BAD_INPUT)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(_routed(command, args))
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own where it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("animalcls")
+    except PackageNotFoundError:
+        from animalcls import __version__
+
+        return __version__
 
 
 def _routed(command: str, args: list[str]) -> int:
