@@ -255,3 +255,19 @@ def test_train_with_an_unknown_tracker_fails_before_training(tmp_path, image_fol
     err = capsys.readouterr().err
     assert "wandb" in err and "tensorboard" in err and "mlflow" in err and "Traceback" not in err
     assert not (tmp_path / "outputs" / "results.csv").exists()
+
+
+# ---------------------------------------------------------------- log_every
+
+
+def test_log_every_writes_a_line_per_batch_into_train_log(tmp_path, image_folder, cli):
+    from animalcls import results
+
+    assert cli(tiny_train_args(image_folder, "log_every=1"), tmp_path) == 0
+    run_dir = Path(results.load(tmp_path / "outputs" / "results.csv").iloc[-1]["run_dir"])
+    lines = (run_dir / "train.log").read_text().splitlines()
+    batch_lines = [line for line in lines if "batch " in line and "epoch ETA" in line]
+    assert len(batch_lines) >= 2, lines
+    assert "epoch 1/1  batch 1/" in batch_lines[0] and "img/s" in batch_lines[0] and "lr 0.001" in batch_lines[0]
+    last = batch_lines[-1].split("batch ")[1].split()[0]
+    assert last.split("/")[0] == last.split("/")[1]  # the epoch's last batch is logged too

@@ -180,6 +180,7 @@ class Config:
     compile: bool = False
     cuda_graphs: str = "auto"  # off | on | auto: the steps as CUDA graphs (animalcls.graphs; auto: CUDA, small batches)
     eval_batch_size: int = 0
+    log_every: int = 0  # a train.log line every N training batches (0 = one line per epoch only)
     test_on: str = "best"
     resume: str = "auto"
     force: bool = False
@@ -431,6 +432,7 @@ RANGES: dict[str, Range] = {
     "seed": _r(0, MAX_SEED, "0"),
     "workers": _r(0, 256, "2"),
     "eval_batch_size": _r(0, MAX_BATCH, "64", "0 = 4 x batch_size"),
+    "log_every": _r(0, 10**9, "50", "0 = off"),
     "model.dropout": _r(0, 1, "0.5", hi_open=True),
     "optim.momentum": _r(0, 1, "0.9", hi_open=True),  # 1 or more never forgets a gradient: divergence
     "optim.weight_decay": _r(0, 10, "0.0001"),

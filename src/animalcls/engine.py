@@ -68,7 +68,8 @@ def train_one_epoch(
     (recipe.train_mode or nn.Module.train)(model)
     meter = TopKMeter((1,))
     start = time.perf_counter()
-    for images, labels in _bar(batches, desc, settings.progress):
+    total, seen = len(batches), 0
+    for step, (images, labels) in enumerate(_bar(batches, desc, settings.progress), 1):
         if settings.stop.is_set():
             raise Interrupted()
         graphed = None
@@ -80,6 +81,10 @@ def train_one_epoch(
             graphed = recipe_step(model, augment(images), labels, criterion, optimizer, settings, scaler, recipe)
         logits, loss, counted = graphed
         meter.update(logits, counted, loss)
+        seen += int(labels.shape[0])
+        if settings.log_every and (step % settings.log_every == 0 or step == total):
+            synchronize(settings.device)
+            _log_batches(desc, step, total, meter.loss, seen, time.perf_counter() - start, optimizer)
     synchronize(settings.device)
     if reduce is not None:
         meter.load_state(reduce(meter.state()))
@@ -267,6 +272,24 @@ def fit(
             break
     seconds = sum(h["seconds"] for h in history)
     return FitResult(history, status, best_epoch, best_val_top1, seconds, stopped_early)
+
+
+def _log_batches(
+    desc: str, step: int, total: int, loss: float, images: int, seconds: float, optimizer: torch.optim.Optimizer
+) -> None:
+    """`log_every`'s line within an epoch (this process's batches): a long epoch on a CPU shows
+    in train.log while it runs, not only at its end. The loss is the epoch's running mean."""
+    eta = seconds / step * (total - step)
+    log.info(
+        "%s  batch %d/%d  loss %.4f  %.0f img/s  lr %.3g  epoch ETA %s",
+        desc,
+        step,
+        total,
+        loss,
+        images / max(seconds, 1e-9),
+        float(optimizer.param_groups[0]["lr"]),
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )
 
 
 def _log_epoch(row: dict[str, Any], epochs: int, history: list[dict[str, Any]]) -> None:

@@ -144,6 +144,7 @@ NOT_MEASURED = (
     "channels_last",  # memory layout: speed and the last bits of the numbers only
     "compile",  # torch.compile: speed and the last bits only
     "cuda_graphs",  # the same steps replayed as CUDA graphs: speed only
+    "log_every",  # how often train.log gets a line within an epoch: what is logged, not what is trained
     "eval_batch_size",  # evaluation in eval mode (no batch statistics): speed and the last bits only
     "resume",  # whether an interrupted run of this very id continues: the id is what it looks up
     "force",  # re-run a finished id: the same measurement again

@@ -478,7 +478,7 @@ def _train_and_test(
     trained = ctx.wrap(model)  # DDP across ranks; checkpoints save the unwrapped `model`
     # torch.compile of a Module is an OptimizedModule, a Module (its stubs only say Callable)
     trained = cast(torch.nn.Module, torch.compile(trained)) if cfg.compile else trained
-    settings = StepSettings(device, precision, stop, progress=ctx.is_main)
+    settings = StepSettings(device, precision, stop, progress=ctx.is_main, log_every=int(cfg.log_every))
     val = make_batches(cfg, prepared, "val", device, train=False, **shard)
     test = make_batches(cfg, prepared, "test", device, train=False, **shard)
     reduce = ctx.sum if ctx.enabled else None

@@ -65,6 +65,7 @@ class StepSettings:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     stop: threading.Event = field(default_factory=threading.Event)
     progress: bool = True  # a tqdm bar when stderr is a terminal
+    log_every: int = 0  # a log line every N training batches (loss, img/s, lr, ETA of the epoch); 0 = off
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.precision == "fp32":
