@@ -271,3 +271,80 @@ def test_log_every_writes_a_line_per_batch_into_train_log(tmp_path, image_folder
     assert "epoch 1/1  batch 1/" in batch_lines[0] and "img/s" in batch_lines[0] and "lr 0.001" in batch_lines[0]
     last = batch_lines[-1].split("batch ")[1].split()[0]
     assert last.split("/")[0] == last.split("/")[1]  # the epoch's last batch is logged too
+
+
+# ---------------------------------------------------------------- runs done before, and sweeps
+
+
+def mlflow_runs(tmp_path: Path) -> list:
+    client = mlflow_client(tmp_path)
+    experiment = client.get_experiment_by_name("animalcls")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_a_done_run_with_a_logger_is_sent_not_trained_and_only_once(tmp_path, image_folder, cli):
+    from animalcls import results
+
+    assert cli(tiny_train_args(image_folder), tmp_path) == 0
+    table = tmp_path / "outputs" / "results.csv"
+    (row,) = results.load(table).to_dict("records")
+    for _ in range(2):  # the second time the tracker has it already
+        assert cli(tiny_train_args(image_folder, "logger=mlflow"), tmp_path) == 0
+        assert len(results.load(table)) == 1  # skipped as done: no new row, nothing trained
+        (found,) = mlflow_runs(tmp_path)
+    assert found.data.tags["run_id"] == row["run_id"] and found.data.tags["status"] == "ok"
+    assert found.data.tags[tracking.RUN_DIR_TAG] == Path(row["run_dir"]).relative_to(tmp_path / "outputs").as_posix()
+    assert found.info.status == "FINISHED" and found.info.run_name == Path(row["run_dir"]).name
+    params = found.data.params
+    assert params["model"] == "base" and params["model.name"] == "base" and params["aug.crop"] == "48"
+    assert found.data.metrics["final_test_top1"] == pytest.approx(row["test_top1"])
+    assert "final_test_loss" in found.data.metrics  # from metrics.json
+    history = mlflow_client(tmp_path).get_metric_history(found.info.run_id, "val_top1")
+    assert [m.step for m in history] == [1]
+    assert "record.json" in {a.path for a in mlflow_client(tmp_path).list_artifacts(found.info.run_id)}
+
+
+def test_results_track_sends_every_run_of_the_table_once(tmp_path, image_folder, cli, capsys):
+    from animalcls import results
+
+    for seed in (0, 1):
+        assert cli(tiny_train_args(image_folder, f"seed={seed}"), tmp_path) == 0
+    rows = results.load(tmp_path / "outputs" / "results.csv").to_dict("records")
+    assert cli(["results", "track", "logger=mlflow"], tmp_path) == 0
+    assert "2 run(s) sent, 0 there already" in capsys.readouterr().out
+    assert cli(["results", "track", "logger=mlflow"], tmp_path) == 0
+    assert "0 run(s) sent, 2 there already" in capsys.readouterr().out
+    found = mlflow_runs(tmp_path)
+    assert sorted(r.data.tags["run_id"] for r in found) == sorted(r["run_id"] for r in rows)
+    assert len({frozenset(r.data.params) for r in found}) == 1  # the same keys for every run
+
+    def event_files() -> list[list[Path]]:
+        return [sorted((Path(row["run_dir"]) / "tensorboard").glob("events.out.tfevents.*")) for row in rows]
+
+    assert cli(["results", "track", "logger=tensorboard"], tmp_path) == 0
+    sent = event_files()
+    assert all(sent) and "2 run(s) sent" in capsys.readouterr().out
+    assert cli(["results", "track", "logger=tensorboard"], tmp_path) == 0  # a marker says it was sent
+    assert "0 run(s) sent, 2 there already" in capsys.readouterr().out and event_files() == sent
+
+
+def test_a_sweep_is_one_parent_run_with_its_jobs_nested(tmp_path, image_folder, cli):
+    assert cli(["train", "-m", *tiny_train_args(image_folder)[1:], "seed=0,1", "logger=mlflow"], tmp_path) == 0
+    found = mlflow_runs(tmp_path)
+    parents = [r for r in found if tracking.SWEEP_TAG in r.data.tags]
+    children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2 and len(found) == 3
+    assert parents[0].data.tags[tracking.SWEEP_TAG].startswith("multirun/")
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert children[0].data.params.keys() == children[1].data.params.keys()
+    assert {"lr", "seed", "model.name", "optim.momentum", "logger.name"} <= children[0].data.params.keys()
+    # sending the table afterwards finds both jobs there already
+    assert cli(["results", "track", "logger=mlflow"], tmp_path) == 0
+    assert len(mlflow_runs(tmp_path)) == 3
+
+
+def test_results_track_needs_a_tracker_and_a_table(tmp_path, cli, capsys):
+    assert cli(["results", "track"], tmp_path) == 2
+    assert "logger=mlflow" in capsys.readouterr().err
+    assert cli(["results", "track", "logger=mlflow"], tmp_path) == 2
+    assert "no results table" in capsys.readouterr().err

@@ -32,7 +32,8 @@ commands:
   compare   is b better than a, over the same seeds:     animalcls compare a.optim=sgd b.optim=adamw [model=base]
             [results=PATH] [vary=[KEY,...]] [confidence=0.95] [format=text|json]  (paired t-interval per metric)
   results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]
-            (rebuild it from the run dirs' record.json)
+            (rebuild it from the run dirs' record.json); animalcls results track logger=mlflow
+            [results=PATH] (send every run of the table to the tracker, once)
 
 Every command takes Hydra's override grammar (key=value, lists as [a,b], quotes for spaces).
 `animalcls train --help` lists the config groups and options; `animalcls train --cfg job` prints the

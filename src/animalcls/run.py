@@ -209,6 +209,8 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
                 log.info(
                     "skipping: run %s already has an ok row in %s (force=true re-runs it)", row["run_id"], cfg.results
                 )
+                if ctx.is_main:  # logger=... is no part of the run id: send the done run instead
+                    tracking.send_done(cfg, done)
                 return {**done, "skipped": True}
             ctx.from_main(claim.take_run_dir)
             if ctx.is_main:  # owning both, no live writer's file can be touched

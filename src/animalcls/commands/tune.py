@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from animalcls import tracking
 from animalcls.atomic import write_text_atomic
 from animalcls.commands import given_keys, parse_overrides, split_options
 from animalcls.config import GROUPS, compose, group_options, validate
@@ -584,7 +585,7 @@ class Objective:
             if epoch < cfg.epochs and trial.should_prune():  # after the last epoch nothing is saved
                 raise Pruned(f"pruned after epoch {epoch}: val top-1 {value:.2f}%")
 
-        with train_log(run_dir):
+        with train_log(run_dir), tracking.in_sweep(self.study_dir):  # MLflow: trials nested in the study's run
             try:
                 return run_training(cfg, run_dir, epoch_hook=epoch_hook if report else None)
             except RunBusy as exc:  # another process trains this configuration: this trial fails, the study goes on
