@@ -295,3 +295,19 @@ def test_train_refuses_the_retired_sweeper(tmp_path, images, cli, capsys):
     err = capsys.readouterr().err
     assert "the Hydra Optuna sweeper is retired: use `animalcls tune" in err
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # mlflow's SQLAlchemy store
+def test_a_study_tracked_in_mlflow_is_one_parent_run_with_its_trials_nested(tmp_path, images, cli):
+    from mlflow.tracking import MlflowClient
+
+    from animalcls import tracking
+
+    assert cli(tune_args(images, "n_trials=2", "pruner=none", "epochs=1", "logger=mlflow"), tmp_path) == 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    found = client.search_runs([client.get_experiment_by_name("animalcls").experiment_id])
+    (parent,) = [r for r in found if tracking.SWEEP_TAG in r.data.tags]
+    assert parent.data.tags[tracking.SWEEP_TAG] == "tune/s"
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 == len(found) - 1
+    assert children[0].data.params.keys() == children[1].data.params.keys()
