@@ -270,35 +270,32 @@ def test_graphed_steps_match_eager_steps_on_cuda(optim, schedule, precision):
 
 
 @pytest.mark.parametrize(
-    "amp,device,batch,bf16_ok,amx,model,expected",
+    "amp,device,batch,bf16_ok,model,expected",
     [
         # CUDA: fp32 where the recorded H200 check found bf16 slower (batch 16), bf16 from 64 on
-        ("auto", CUDA, 16, True, False, "base", "fp32"),
-        ("auto", CUDA, 16, True, False, "mobilenet_v3_large", "fp32"),
-        ("auto", CUDA, 32, True, False, "base", "fp32"),
-        ("auto", CUDA, 63, True, False, "resnet50", "fp32"),
-        ("auto", CUDA, 64, True, False, "base", "bf16"),
-        ("auto", CUDA, 128, True, False, "base", "bf16"),
-        ("auto", CUDA, 128, False, False, "base", "fp16"),  # no bf16 on this GPU
-        ("auto", CUDA, 16, False, False, "base", "fp32"),
-        ("auto", CUDA, None, True, False, "base", "bf16"),  # a caller that does not give the batch size
+        ("auto", CUDA, 16, True, "base", "fp32"),
+        ("auto", CUDA, 16, True, "mobilenet_v3_large", "fp32"),
+        ("auto", CUDA, 32, True, "base", "fp32"),
+        ("auto", CUDA, 63, True, "resnet50", "fp32"),
+        ("auto", CUDA, 64, True, "base", "bf16"),
+        ("auto", CUDA, 128, True, "base", "bf16"),
+        ("auto", CUDA, 128, False, "base", "fp16"),  # no bf16 on this GPU
+        ("auto", CUDA, 16, False, "base", "fp32"),
+        ("auto", CUDA, None, True, "base", "bf16"),  # a caller that does not give the batch size
         # explicit settings win at every batch size
-        ("off", CUDA, 128, True, False, "base", "fp32"),
-        ("bf16", CUDA, 16, True, False, "base", "bf16"),
-        ("fp16", CUDA, 16, True, False, "base", "fp16"),
-        # the CPU rule is unchanged: bf16 only with AMX, for models with cpu_bf16, at any batch size
-        ("auto", CPU, 16, True, True, "base", "bf16"),
-        ("auto", CPU, 128, True, True, "resnet18", "bf16"),
-        ("auto", CPU, 16, True, True, "mobilenet_v3_large", "fp32"),
-        ("auto", CPU, 16, True, False, "base", "fp32"),
-        ("auto", CPU, 128, True, False, "base", "fp32"),
-        ("bf16", CPU, 16, True, False, "base", "bf16"),
+        ("off", CUDA, 128, True, "base", "fp32"),
+        ("bf16", CUDA, 16, True, "base", "bf16"),
+        ("fp16", CUDA, 16, True, "base", "fp16"),
+        # a CPU: fp32 for every model and batch size (bf16 is an opt-in there)
+        ("auto", CPU, 16, True, "base", "fp32"),
+        ("auto", CPU, 128, True, "resnet18", "fp32"),
+        ("auto", CPU, 16, True, "mobilenet_v3_large", "fp32"),
+        ("bf16", CPU, 16, True, "base", "bf16"),
     ],
 )
-def test_amp_auto_rule_table(monkeypatch, amp, device, batch, bf16_ok, amx, model, expected):
+def test_amp_auto_rule_table(monkeypatch, amp, device, batch, bf16_ok, model, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: device.type == "cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
-    monkeypatch.setattr(build, "cpu_has_amx", lambda: amx)
     assert choose_precision(amp, device, model, batch) == expected
     assert choose_precision(amp, device, model, batch) == expected  # a rule, not a measurement: the same again
 

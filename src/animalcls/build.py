@@ -46,10 +46,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_amx() -> bool:
-    return "AMX" in torch.backends.cpu.get_cpu_capability().upper()
-
-
 # amp=auto on CUDA: fp32 below this batch size, bf16 (fp16 without bf16) from it on. A rule from
 # measured thresholds, never a timing at run time: the run id hashes the precision it picks. The
 # recorded H200 check (docs/bench/h200-2026-11-28) measured, in images/s of the eager step:
@@ -64,8 +60,9 @@ def choose_precision(amp: str, device: torch.device, model_name: str, batch_size
     """The autocast precision actually used: fp32, bf16 or fp16 (what the run id records).
 
     amp=auto: on CUDA, fp32 at batch_size < CUDA_BF16_MIN_BATCH and bf16 (fp16 where the GPU has
-    no bf16) from there on; batch_size=None (a caller that does not say) keeps bf16/fp16. On the
-    CPU, bf16 only with AMX matrix units and for models whose registry entry has cpu_bf16."""
+    no bf16) from there on; batch_size=None (a caller that does not say) keeps bf16/fp16. On a
+    CPU, fp32 for every model: bf16 ran 0.14x to 1.4x of fp32 on the CPUs measured (README,
+    "Speed"), so it is an opt-in (amp=bf16). `model_name` is where a per-model rule would go."""
     if amp == "off":
         return "fp32"
     if amp in ("bf16", "fp16"):
@@ -74,7 +71,7 @@ def choose_precision(amp: str, device: torch.device, model_name: str, batch_size
         if batch_size is not None and batch_size < CUDA_BF16_MIN_BATCH:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_has_amx() and MODELS.get(model_name).cpu_bf16 else "fp32"
+    return "fp32"
 
 
 def choose_channels_last(setting: Any) -> bool:

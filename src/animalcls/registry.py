@@ -70,7 +70,6 @@ class ModelSpec:
     display: str  # as the paper writes it, for tables and figures
     build: Callable[..., Any]  # (num_classes, **options) -> nn.Module
     default_aug: str  # the augmentation its YAML picks, and the paper used
-    cpu_bf16: bool = False  # amp=auto picks bf16 on a CPU with AMX for it
     has_imagenet_weights: bool = True  # model.pretrained / model.weights apply
     base_options: bool = False  # model.batch_norm / model.dropout apply
     head: str = ""  # dotted path of the new classifier layer: fine-tuning's head (others: backbone)
@@ -83,7 +82,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return MODELS.add(spec.name, spec)
 
 
-def _torchvision(name: str, display: str, head: str, cpu_bf16: bool) -> ModelSpec:
+def _torchvision(name: str, display: str, head: str) -> ModelSpec:
     """A torchvision classification model whose last Linear layer (the dotted path `head`) is
     replaced by a new one with the data set's number of classes."""
 
@@ -92,7 +91,7 @@ def _torchvision(name: str, display: str, head: str, cpu_bf16: bool) -> ModelSpe
 
         return torchvision_with_head(name, head, num_classes, pretrained, weights)
 
-    return ModelSpec(name, display, build, default_aug="imagenet_224", cpu_bf16=cpu_bf16, head=head)
+    return ModelSpec(name, display, build, default_aug="imagenet_224", head=head)
 
 
 def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, input_size: int = 112, **_: object) -> Any:
@@ -101,27 +100,23 @@ def _base(num_classes: int, batch_norm: bool = False, dropout: float = 0.0, inpu
     return BaseCNN(num_classes, batch_norm=batch_norm, dropout=dropout, input_size=input_size)
 
 
-# cpu_bf16: amp=auto uses bf16 on a CPU only with AMX, and only for these (depthwise MobileNets are
-# expected to gain nothing). Without AMX bf16 is far slower: on an AVX2 CPU (issue 4, `animalcls
-# bench amp=bf16`) train steps took 7.5x longer for base and ~4.5x for mobilenet_v3_large.
 register_model(
     ModelSpec(
         "base",
         "Base",
         _base,
         default_aug="default_112",
-        cpu_bf16=True,
         has_imagenet_weights=False,
         base_options=True,
         head="fc1",
     )
 )
-register_model(_torchvision("resnet18", "ResNet18", "fc", cpu_bf16=True))
-register_model(_torchvision("resnet34", "ResNet34", "fc", cpu_bf16=True))
-register_model(_torchvision("resnet50", "ResNet50", "fc", cpu_bf16=True))
-register_model(_torchvision("mobilenet_v2", "MobileNetV2", "classifier.1", cpu_bf16=False))
-register_model(_torchvision("mobilenet_v3_large", "MobileNetV3_large", "classifier.3", cpu_bf16=False))
-register_model(_torchvision("mobilenet_v3_small", "MobileNetV3_small", "classifier.3", cpu_bf16=False))
+register_model(_torchvision("resnet18", "ResNet18", "fc"))
+register_model(_torchvision("resnet34", "ResNet34", "fc"))
+register_model(_torchvision("resnet50", "ResNet50", "fc"))
+register_model(_torchvision("mobilenet_v2", "MobileNetV2", "classifier.1"))
+register_model(_torchvision("mobilenet_v3_large", "MobileNetV3_large", "classifier.3"))
+register_model(_torchvision("mobilenet_v3_small", "MobileNetV3_small", "classifier.3"))
 
 
 def base_model() -> str:
