@@ -54,6 +54,7 @@ LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
                 "animalcls.resume",
                 "animalcls.schedule",
                 "animalcls.sweep",
+                "animalcls.warmstart",
             ),
         ),
     ),

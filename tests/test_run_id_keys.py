@@ -146,8 +146,8 @@ def test_recorded_ids_and_recipe_settings_stay_byte_identical():
 
 # ---------------------------------------------------------------- every key measured or named
 
-# Hashed as resolved for the run (Resolved.precision, Resolved.data_id), not as typed.
-RESOLVED_KEYS = {"amp", "data.root"}
+# Hashed as resolved for the run (Resolved.precision, .data_id, .init_from), not as typed.
+RESOLVED_KEYS = {"amp", "data.root", "init_from"}
 
 
 def _changed(value: Any) -> Any:
@@ -194,6 +194,12 @@ def test_the_resolved_values_not_the_typed_ones_change_the_id():
     base = run_id(cfg, RESOLVED)
     assert run_id(compose(["amp=bf16", "data.root=elsewhere"]), RESOLVED) == base
     assert run_id(cfg, Resolved("bf16", "abc")) != base and run_id(cfg, Resolved("fp32", "abd")) != base
+    # init_from: the source run and its weights, not the path typed (tests/test_init_from.py runs it)
+    here, moved = compose(["init_from=runs/a"]), compose(["init_from=/elsewhere/runs/a/best.pt"])
+    source = Resolved("fp32", "abc", "d668730af661acb6:0123456789abcdef")
+    assert run_id(here, source) == run_id(moved, source) != base
+    assert run_id(here, Resolved("fp32", "abc", "d668730af661acb6:fedcba9876543210")) != run_id(here, source)
+    assert settings_row(here, source)["recipe_settings"] == ""  # init_from has a column of its own
 
 
 def test_workers_and_the_logger_share_the_run():

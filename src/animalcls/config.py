@@ -184,6 +184,9 @@ class Config:
     test_on: str = "best"
     resume: str = "auto"
     force: bool = False
+    # a checkpoint file or a run dir whose weights this run starts from (animalcls.warmstart): a new
+    # run with its own id, optimizer and schedule; "" = from scratch (or from model.pretrained)
+    init_from: str = ""
     results: str = "outputs/results.csv"
     tags: list[str] = field(default_factory=list)
     paper_config: str = ""
@@ -651,6 +654,12 @@ def _check_model_options(cfg: DictConfig) -> None:
         raise AnimalclsError(
             f"model={cfg.model.name} has no ImageNet weights: drop model.pretrained=true "
             f"and model.weights (it trains from scratch, as in the paper)."
+        )
+    if cfg.init_from and cfg.model.pretrained:
+        raise AnimalclsError(
+            f"init_from={cfg.init_from} with model.pretrained=true (model={cfg.model.name} sets it by "
+            f"default): the run would start from two sets of weights; add model.pretrained=false (and drop "
+            f"model.weights) to start from the checkpoint, or drop init_from to start from ImageNet."
         )
     if cfg.model.weights and not cfg.model.pretrained:
         raise AnimalclsError(

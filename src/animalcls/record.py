@@ -89,6 +89,8 @@ COLUMNS = [
     "cpu_model",
     "cpu_features",
     "gpu",
+    # the run whose weights this one started from (init_from): "<run id>:<weights digest> <checkpoint>"
+    "init_from",
 ]
 STATUSES = ("ok", "diverged", "failed", "interrupted", "pruned")
 # Columns read as text whatever they hold (a run id of digits only, a tag of "1.0").
@@ -114,6 +116,7 @@ TEXT_COLUMNS = (
     "cpu_model",
     "cpu_features",
     "gpu",
+    "init_from",
 )
 
 
@@ -123,6 +126,9 @@ class Resolved:
 
     precision: str  # fp32 | bf16 | fp16, as chosen for this device and model
     data_id: str  # animalcls.data.data_identity of the scanned data set
+    # init_from's checkpoint as "<its run id>:<digest of its weights>" (animalcls.warmstart), never
+    # its path, so a moved project keeps its ids; "" without init_from
+    init_from: str = ""
 
 
 def weights_identity(weights: str | None) -> str:
@@ -187,12 +193,16 @@ def is_measured(key: str) -> bool:
 def measured_values(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
     """Every measured key of the config, by dotted key, with the value the run uses: the precision
     chosen (not `amp=auto`), the data set's identity (not the root's spelling), a weights file by
-    name and size (and none unless pretrained)."""
+    name and size (and none unless pretrained), init_from's source run and weights (not its path)."""
     values = {key: value for key, value in leaves(cfg).items() if is_measured(key)}
     weights = values.get("model.weights") if values.get("model.pretrained") else None
     values.update(
         {"amp": resolved.precision, "data.root": resolved.data_id, "model.weights": weights_identity(weights)}
     )
+    if values.get("init_from"):  # at its default ("") it stays out of the hash, as every key does
+        if not resolved.init_from:
+            raise ValueError(f"init_from={values['init_from']} is not resolved (animalcls.warmstart.read_source)")
+        values["init_from"] = resolved.init_from
     return values
 
 
@@ -220,10 +230,16 @@ def _off_default(values: Mapping[str, Any]) -> dict[str, Any]:
     return dict(sorted(extras, key=lambda item: order.get(item[0], len(order))))
 
 
+# Measured, but shown in a column of their own rather than in recipe_settings (init_from is a path
+# as typed there; its column names the source run).
+OWN_COLUMN = ("init_from",)
+
+
 def recipe_settings(cfg: DictConfig) -> dict[str, Any]:
     """The measured settings of this run beyond record version 2's core that differ from the
     paper's, flattened ("sched.name": "cosine"; empty for a paper run)."""
-    return _off_default({key: value for key, value in leaves(cfg).items() if is_measured(key)})
+    values = {key: value for key, value in leaves(cfg).items() if is_measured(key) and key not in OWN_COLUMN}
+    return _off_default(values)
 
 
 def _digest(settings: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from animalcls import checkpoint, distributed, results, resume, tracking
+from animalcls import checkpoint, distributed, results, resume, tracking, warmstart
 from animalcls.atomic import write_text_atomic
 from animalcls.augment import DeviceAugment
 from animalcls.build import (
@@ -199,8 +199,16 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
     stop = StopRequest()
     with stop_on_signals(stop):
         data = scan_data(cfg)
-        resolved = Resolved(choose_precision(cfg.amp, ctx.device, cfg.model.name, cfg.batch_size), data_identity(data))
+        # init_from's checkpoint: read (and checked) before anything is claimed; its identity is in the id
+        source = warmstart.read_source(cfg, data.classes) if cfg.init_from else None
+        resolved = Resolved(
+            choose_precision(cfg.amp, ctx.device, cfg.model.name, cfg.batch_size),
+            data_identity(data),
+            source.identity if source is not None else "",
+        )
         row = settings_row(cfg, resolved)
+        if source is not None:
+            row["init_from"] = source.describe()
         claim = resume.Claim(cfg.results, row["run_id"], run_dir)
         try:
             ctx.from_main(lambda: _take_run_id(claim))
@@ -215,7 +223,7 @@ def run_training(cfg: DictConfig, run_dir: Path, epoch_hook: EpochHook | None = 
             ctx.from_main(claim.take_run_dir)
             if ctx.is_main:  # owning both, no live writer's file can be touched
                 resume.tidy(run_dir, resume.pointer_path(cfg.results, row["run_id"]))
-            return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row, epoch_hook)
+            return _run_claimed(cfg, run_dir, ctx, stop, data, resolved, row, epoch_hook, source)
         finally:
             claim.release()
 
@@ -236,6 +244,7 @@ def _run_claimed(
     resolved: Resolved,
     row: dict[str, Any],
     epoch_hook: EpochHook | None,
+    source: warmstart.Source | None = None,
 ) -> dict[str, Any]:
     """The run with its tracker (logger=...): every epoch logged, the final row whatever the status."""
     tracker = tracking.make_tracker(cfg, run_dir) if ctx.is_main else tracking.NoTracker()
@@ -246,7 +255,7 @@ def _run_claimed(
             epoch_hook(epoch, history_row)
 
     try:
-        result = _run_and_record(cfg, run_dir, ctx, stop, data, resolved, row, hook)
+        result = _run_and_record(cfg, run_dir, ctx, stop, data, resolved, row, hook, source)
     except AnimalclsError:  # bad input found late: no row, nothing to track
         raise
     except Exception:
@@ -268,11 +277,14 @@ def _run_and_record(
     resolved: Resolved,
     row: dict[str, Any],
     epoch_hook: EpochHook,
+    source: warmstart.Source | None = None,
 ) -> dict[str, Any]:
     seed_everything(cfg.seed)
     row.update(device=ctx.describe(), versions=versions(), git_commit=git_commit(), run_dir=str(run_dir))
     row.update(cpu_model=cpu_model(), cpu_features=cpu_features(), gpu=gpu_name(ctx.device))
     model = build_model(cfg, len(data.classes))  # before decoding: missing weights fail fast
+    if source is not None:  # the weights only: this run's optimizer and schedule start anew
+        warmstart.load_into(model, source, cfg, list(data.classes))
     if ctx.is_main:
         row.update(_profile(model, cfg.aug.crop))
     progress: dict[str, Any] = {"epochs_done": 0, "history": []}
@@ -300,8 +312,11 @@ def _run_and_record(
             "run_id": row["run_id"],
             "data_id": resolved.data_id,
             "split_digest": digest,
+            **({"init_from": source.identity} if source is not None else {}),
         }
-        outcome, details = _train_and_test(cfg, run_dir, prepared, model, ctx, stop, state, meta, progress, epoch_hook)
+        outcome, details = _train_and_test(
+            cfg, run_dir, prepared, model, ctx, stop, state, meta, progress, epoch_hook, source
+        )
     except Pruned:
         log.info("pruned after epoch %d by the search", progress["epochs_done"])
         row.update(status="pruned", **_pruned_outcome(progress["history"]))
@@ -454,6 +469,7 @@ def _train_and_test(
     meta: dict[str, Any],
     progress: dict[str, Any],
     epoch_hook: EpochHook | None = None,
+    source: warmstart.Source | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns the row's outcome columns and the details metrics.json adds to them."""
     device = ctx.device
@@ -471,6 +487,8 @@ def _train_and_test(
     recipe = build_recipe(cfg, model, optimizer, len(train), len(prepared.data.classes))
     history: list[dict[str, Any]] = []
     start_epoch, best = 0, -1.0
+    if source is not None and recipe.ema is not None:
+        warmstart.load_ema(recipe.ema, source, list(prepared.data.classes))
     if state is not None:
         start_epoch, history, best = _restore(model, optimizer, recipe, state, device, run_dir, ctx.is_main)
     progress["epochs_done"] = start_epoch
