@@ -84,3 +84,84 @@ def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
 
 def remount(where: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True, capture_output=True)
+
+
+# ---------------------------------------------------------------- test tiers
+# Every test gets exactly one tier marker, so the edit loop can run the fast ones alone:
+#   pytest -m unit               pure functions on small in-memory data (seconds)
+#   pytest -m "unit or integration"   also the exhaustive and heavy in-process checks
+#   pytest                       everything, e2e included (what CI runs: no filter)
+# A test marked by hand (@pytest.mark.unit / integration / e2e) keeps its mark; the rest are
+# sorted here, so a new test needs no marker.
+
+# e2e: runs the CLI, trains on an image folder, or starts another process
+E2E_FIXTURES = {"cli", "image_folder", "images"}  # fixtures that use these are covered too (closure)
+E2E_CALLS = (
+    "run_cli(",
+    "tiny_train_args(",
+    "subprocess",
+    "sys.executable",
+    "make_image_folder(",
+    "ensure_demo_data(",
+    "mounted_tmpfs(",
+    "multiprocessing",
+)
+# integration: in-process and without training, but exhaustive or heavy (each a second or more)
+INTEGRATION_FIXTURES = {"built", "hostile", "recipes"}  # a whole report, figures included
+INTEGRATION_CALLS = (
+    "run_report(",  # a whole report
+    "figures.",  # matplotlib figures
+    "MLflowTracker(",  # mlflow and tensorboard take seconds to import
+    "TensorBoardTracker(",
+    "train_one_epoch(",  # training steps, if on a tiny model
+    "train_step(",
+)
+INTEGRATION = {  # node id prefixes, with why
+    "tests/test_every_config.py": "builds every model, recipe and config option",
+    "tests/test_recipes.py::test_every_recipe_passes_validation_with_every_model": "every recipe x model",
+    "tests/test_recipes.py::test_recipes_compose_and_say_why": "composes every recipe",
+    "tests/test_paper_configs.py::test_paper_configs_compose_to_their_settings": "composes every paper config",
+    "tests/test_paper_configs.py::test_composed_sweep_runs_each_configuration_once_and_seeds_multiply": "a sweep",
+    "tests/test_run_id_keys.py::test_every_key_of_the_schema": "every key of every group option",
+    "tests/test_run_id_keys.py::test_recorded_ids_and_recipe_settings": "composes every pinned config",
+    "tests/test_units.py::test_torchvision_models_get_a_new_head": "builds torchvision models",
+    "tests/test_layers.py::test_the_contract_catches_the_imports_issue_23_removed": "parses the package per case",
+    "tests/test_record_round2.py::test_kills_around_appends_and_rebuilds": "every order of four operations",
+    "tests/test_recipes.py::test_freezing_trains_the_head_only": "trains",
+    "tests/test_gpu_paths.py::test_eager_and_graphed_steps_share_one_after_step": "trains",
+    "tests/test_tracking.py::test_make_tracker_picks_by_logger_name": "imports tensorboard",
+    "tests/test_tracking.py::test_a_store_that_cannot_be_opened_is_one_message": "imports mlflow",
+    "tests/test_gpu_paths.py::test_graphs_object_on_a_cpu_falls_back_once_and_changes_nothing": "trains epochs",
+    "tests/test_gpu_paths.py::test_why_a_training_step_cannot_be_captured": "builds and steps models",
+}
+TIERS = ("unit", "integration", "e2e")
+
+
+def _tier(item: pytest.Item) -> str:
+    import inspect
+
+    if item.get_closest_marker("slow"):
+        return "e2e"
+    names = set(getattr(item, "fixturenames", ()))
+    if names & E2E_FIXTURES:
+        return "e2e"
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        source = ""
+    if any(call in source for call in E2E_CALLS):
+        return "e2e"
+    if names & INTEGRATION_FIXTURES or any(call in source for call in INTEGRATION_CALLS):
+        return "integration"
+    node = item.nodeid.split("[")[0]
+    if any(node == key or node.startswith(key) for key in INTEGRATION):
+        return "integration"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(_tier(item))

@@ -77,8 +77,8 @@ def choose_precision(amp: str, device: torch.device, model_name: str, batch_size
 def choose_channels_last(setting: Any) -> bool:
     # auto = channels_last on CUDA and on the CPU too: measured on an AVX2 CPU (issue 4), fp32 train
     # steps ran 1.06-1.10x faster for base (112 px) and 1.45-1.6x for mobilenet_v3_large (224 px)
-    setting = str(setting).lower()
-    return setting == "auto" or setting == "true"
+    value = str(setting).lower()
+    return value == "auto" or value == "true"
 
 
 def seed_everything(seed: int) -> None:
@@ -92,7 +92,8 @@ def seed_everything(seed: int) -> None:
 
 def create_model(name: str, num_classes: int, **options: Any) -> torch.nn.Module:
     """The registered model `name` with a `num_classes` head; options go to its builder."""
-    return MODELS.get(name).build(num_classes, **options)
+    model: torch.nn.Module = MODELS.get(name).build(num_classes, **options)
+    return model
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> torch.nn.Module:
@@ -132,11 +133,12 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Opti
         cfg.finetune.head_lr_mult,
         optim.decay_norm_bias,
     )
-    return spec.build(groups, lr=cfg.lr, weight_decay=optim.weight_decay, optim=optim)
+    optimizer: torch.optim.Optimizer = spec.build(groups, lr=cfg.lr, weight_decay=optim.weight_decay, optim=optim)
+    return optimizer
 
 
 def build_criterion(cfg: DictConfig) -> torch.nn.Module:
-    criterion = LOSSES.get(cfg.loss.name).build()
+    criterion: torch.nn.Module = LOSSES.get(cfg.loss.name).build()
     # when mixing, the mixer's soft targets are smoothed already: smoothing here too would double it
     if cfg.loss.label_smoothing > 0 and not mixing_enabled(cfg.mix):  # validated: cross entropy only
         criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(cfg.loss.label_smoothing))

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ SIZE = 96
 MARKER = ".animalcls-demo-v1"
 
 
-def _texture(draw, box, kind: str, rng: np.random.Generator) -> None:
+def _texture(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], kind: str, rng: np.random.Generator) -> None:
     x0, y0, x1, y1 = box
     if kind == "stripes":
         step = int(rng.integers(5, 9))
@@ -40,11 +44,13 @@ def _texture(draw, box, kind: str, rng: np.random.Generator) -> None:
             draw.line([(x, y0), (x, y1)], fill=(245, 245, 245), width=2)
     elif kind == "dots":
         for _ in range(12):
-            cx, cy = rng.integers(x0, max(x0 + 1, x1)), rng.integers(y0, max(y0 + 1, y1))
+            cx, cy = int(rng.integers(x0, max(x0 + 1, x1))), int(rng.integers(y0, max(y0 + 1, y1)))
             draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=(20, 20, 20))
 
 
-def _draw(shape: str, colour: tuple, texture: str, rng: np.random.Generator, size: int = SIZE):
+def _draw(
+    shape: str, colour: tuple[int, int, int], texture: str, rng: np.random.Generator, size: int = SIZE
+) -> Image.Image:
     from PIL import Image, ImageDraw
 
     background = rng.integers(40, 215, size=3)

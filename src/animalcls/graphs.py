@@ -123,7 +123,7 @@ def _capturable(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     groups = [g for g in optimizer.param_groups if "capturable" in g and isinstance(optimizer, torch.optim.Adam)]
     before = [g["capturable"] for g in groups]
     # torch warns once that capturable=True steps run uncaptured: here that is the plan (warm-up, last batch)
-    optimizer._warned_capturable_if_run_uncaptured = True  # type: ignore[attr-defined]
+    optimizer._warned_capturable_if_run_uncaptured = True
     for group in groups:
         group["capturable"] = True
         for p in group["params"]:
@@ -156,7 +156,7 @@ class _TrainGraph:
         # SGD's foreach step takes the lr as a host number: with a schedule it runs after the replay
         self.optimizer_in_graph = not (recipe.scheduler is not None and not isinstance(optimizer, torch.optim.Adam))
         self.tensor_lr = recipe.scheduler is not None and self.optimizer_in_graph
-        self.stream = torch.cuda.Stream(settings.device)
+        self.stream = torch.cuda.Stream(settings.device)  # type: ignore[no-untyped-call]  # torch leaves Stream.__new__ unannotated
         self.warm = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.shape: tuple[int, ...] | None = None
@@ -274,13 +274,13 @@ class _EvalGraph:
         self.shape = tuple(images.shape)  # other shapes (the last, partial batch) run eagerly
         self.static = images.clone()
         self.graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream(images.device)
+        stream = torch.cuda.Stream(images.device)  # type: ignore[no-untyped-call]  # torch leaves Stream.__new__ unannotated
         stream.wait_stream(torch.cuda.current_stream(images.device))
 
         def forward() -> torch.Tensor:
             inputs = augment(self.static)
             with _autocast(precision):
-                logits = model(inputs).float()
+                logits: torch.Tensor = model(inputs).float()
                 if tta:
                     logits = (logits + model(inputs.flip(3)).float()) / 2
             return logits

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from animalcls.errors import AnimalclsError
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +78,18 @@ def replace_head(model: nn.Module, head: str, num_classes: int) -> nn.Module:
     return model
 
 
-def _imagenet_weights(name: str):
+def _imagenet_weights(name: str) -> WeightsEnum:
     from torchvision.models import get_model_weights
 
     return get_model_weights(name).DEFAULT
 
 
-def _read_weights_file(path: Path, name: str) -> dict:
+def _read_weights_file(path: Path, name: str) -> dict[str, torch.Tensor]:
     import pickle
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state: dict[str, torch.Tensor] = torch.load(path, map_location="cpu", weights_only=True)
+        return state
     except pickle.UnpicklingError as exc:
         raise AnimalclsError(
             f"refused to load model.weights={path}: it holds Python objects that could "

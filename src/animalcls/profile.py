@@ -24,7 +24,8 @@ def gflops(model: nn.Module, input_size: int) -> float:
     x = torch.zeros(1, 3, input_size, input_size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    return counter.get_total_flops() / 1e9
+    flops: int = counter.get_total_flops()
+    return flops / 1e9
 
 
 def gmacs_fvcore(model: nn.Module, input_size: int) -> float:
@@ -34,7 +35,8 @@ def gmacs_fvcore(model: nn.Module, input_size: int) -> float:
 
         analysis = FlopCountAnalysis(model, torch.zeros(1, 3, input_size, input_size))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return analysis.total() / 1e9
+        macs: int = analysis.total()  # fvcore is untyped
+        return macs / 1e9
 
 
 def cpu_latency_ms(model: nn.Module, input_size: int, repeats: int = 5) -> float:

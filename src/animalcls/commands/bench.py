@@ -44,15 +44,16 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from animalcls.augment import DeviceAugment
 from animalcls.build import (
+    Prepared,
     build_criterion,
     build_graphs,
     build_model,
@@ -69,7 +70,7 @@ from animalcls.config import compose, validate
 from animalcls.engine import evaluate, synchronize, train_one_epoch
 from animalcls.errors import AnimalclsError
 from animalcls.machine import cpu_features, cpu_model, gpu_name
-from animalcls.steps import Recipe, StepSettings, train_step
+from animalcls.steps import EpochBatches, Recipe, StepSettings, train_step
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Capped:
     """`count` batches of a batch iterator (TensorBatches, PILBatches), restarting it with the next
     epoch when it runs out, so a tiny data set still gives as many batches as asked for."""
 
-    def __init__(self, batches, count: int, first_epoch: int = 1) -> None:
+    def __init__(self, batches: EpochBatches, count: int, first_epoch: int = 1) -> None:
         self.batches, self.count, self.epoch = batches, count, first_epoch
         self.stamps: list[float] = []  # perf_counter when each batch was handed out, then the end
         self.sizes: list[int] = []
@@ -89,7 +90,7 @@ class Capped:
     def __len__(self) -> int:
         return self.count
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         done = 0
         self.stamps, self.sizes = [], []
         while done < self.count:
@@ -113,14 +114,17 @@ def device_name(device: torch.device) -> str:
     return gpu_name(device) or cpu_model()
 
 
-def _fresh_model(cfg: DictConfig, num_classes: int, device: torch.device, channels_last: bool):
+def _fresh_model(
+    cfg: DictConfig, num_classes: int, device: torch.device, channels_last: bool
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
     seed_everything(cfg.seed)
     model = build_model(cfg, num_classes)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
-    trained = torch.compile(model) if cfg.compile else model
+    # torch.compile of a Module is an OptimizedModule, a Module (its stubs only say Callable)
+    trained = cast(torch.nn.Module, torch.compile(model)) if cfg.compile else model
     return trained, optimizer, build_criterion(cfg)
 
 
@@ -159,7 +163,7 @@ def measure_limit(
     }
 
 
-def _count_syncs(fn) -> int | None:
+def _count_syncs(fn: Callable[[], object]) -> int | None:
     """How many synchronising CUDA calls `fn` makes (torch's sync debug mode); None off CUDA."""
     if not torch.cuda.is_available():
         return None
@@ -175,7 +179,7 @@ def _count_syncs(fn) -> int | None:
 
 
 def measure_training(
-    cfg: DictConfig, prepared, device: torch.device, precision: str, channels_last: bool
+    cfg: DictConfig, prepared: Prepared, device: torch.device, precision: str, channels_last: bool
 ) -> dict[str, Any]:
     """engine.train_one_epoch over `bench.batches` batches of the training split, after warm-up."""
     model, optimizer, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
@@ -213,7 +217,7 @@ def measure_training(
 
 
 def measure_eval(
-    cfg: DictConfig, prepared, device: torch.device, precision: str, channels_last: bool
+    cfg: DictConfig, prepared: Prepared, device: torch.device, precision: str, channels_last: bool
 ) -> dict[str, Any]:
     """engine.evaluate over `bench.eval_batches` batches of the test split (eval batch size)."""
     model, _, criterion = _fresh_model(cfg, len(prepared.data.classes), device, channels_last)
@@ -266,7 +270,7 @@ def summarise(runs: list[dict[str, Any]], statistic: str) -> dict[str, Any]:
     return result
 
 
-def _prepare(cfg: DictConfig):
+def _prepare(cfg: DictConfig) -> tuple[Prepared, float]:
     start = time.perf_counter()
     prepared = prepare_data(cfg)
     return prepared, time.perf_counter() - start
@@ -583,7 +587,8 @@ def _sweep_summary(
     passed: list[str],
 ) -> dict[str, Any]:
     def total(variant: str, name: str | None = None) -> float:
-        return sum(r["seconds"] for r in runs if r["variant"] == variant and name in (None, r["config"]))
+        seconds: float = sum(r["seconds"] for r in runs if r["variant"] == variant and name in (None, r["config"]))
+        return seconds
 
     per_config = {
         name: {

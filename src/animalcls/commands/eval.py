@@ -81,7 +81,7 @@ def test_split(cfg: DictConfig, split_file: Path, classes: list[str]) -> Prepare
     return Prepared(data, {"test": keep}, bad, images)
 
 
-def measure(cfg: DictConfig, model: torch.nn.Module, prepared: Prepared, device: torch.device) -> dict:
+def measure(cfg: DictConfig, model: torch.nn.Module, prepared: Prepared, device: torch.device) -> dict[str, float]:
     """engine.evaluate with the precision and memory format the run itself tested with."""
     precision = choose_precision(cfg.get("amp", "auto"), device, cfg.model.name, cfg.batch_size)  # as the run chose
     channels_last = choose_channels_last(cfg.get("channels_last", "auto"))

@@ -272,7 +272,7 @@ def member_probs(member: Member, images: torch.Tensor, tta: bool) -> torch.Tenso
 def _softmax(member: Member, images: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         with member.settings.autocast():
-            logits = member.model(member.augment(images.to(member.settings.device)))
+            logits: torch.Tensor = member.model(member.augment(images.to(member.settings.device)))
         return logits.float().softmax(dim=1).cpu()  # also right for the base CNN's log_softmax output
 
 

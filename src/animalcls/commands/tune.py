@@ -629,7 +629,7 @@ def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistr
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)  # type: ignore[arg-type]
+        return trial.suggest_categorical(name, dist.choices)
     if isinstance(dist, FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
     assert isinstance(dist, IntDistribution)

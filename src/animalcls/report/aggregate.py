@@ -98,7 +98,7 @@ def data_name(value: Any, record_version: Any = None) -> str:
     return Path(text).name if "/" in text else text
 
 
-def ran_as(row: dict) -> str:
+def ran_as(row: dict[str, Any]) -> str:
     """The paper configuration id of the settings a run ran ('' if they were never recorded)."""
     try:
         return paper.paper_config_of(row)
@@ -106,7 +106,7 @@ def ran_as(row: dict) -> str:
         return ""
 
 
-def settings_diff(row: dict, config: dict) -> list[str]:
+def settings_diff(row: dict[str, Any], config: dict[str, Any]) -> list[str]:
     """How a run's settings differ from a paper configuration, e.g. ['epochs=1 (paper 10)']."""
     ran = {"augmentation": row.get("aug"), **row}
     keys = ["model", "pretrained", "optimizer", "lr", "batch_size", "epochs", "loss", "augmentation"]
@@ -158,10 +158,11 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def repeat_key(row: dict) -> str:
+def repeat_key(row: dict[str, Any]) -> str:
     """What a run shares with its true repeats (see the module docstring)."""
-    if row["repeat_id"]:
-        return row["repeat_id"]
+    repeat_id: str = row["repeat_id"]
+    if repeat_id:
+        return repeat_id
     legacy: tuple[str, ...] = (row["ran_as"], row["data_name"], row["data_id"], row["precision"], row["split"])
     if row["recipe"] != PAPER_RECIPE or row["recipe_settings"]:  # the paper's recipe keeps its old key
         legacy += (row["recipe"], row["recipe_settings"])
@@ -181,18 +182,18 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame = dedupe(_types(frame))
     frame["recipe"] = frame["recipe"].where(frame["recipe"] != "", PAPER_RECIPE)
     frame["data_name"] = [data_name(d, v) for d, v in zip(frame["data"], frame["record_version"])]
-    frame["ran_as"] = [ran_as(r) for r in frame.to_dict("records")]
+    frame["ran_as"] = [ran_as(r) for r in records(frame)]
     frame["paper_config"] = frame["paper_config"].where(frame["paper_config"] != "", frame["ran_as"])
-    frame["repeat_key"] = [repeat_key(r) for r in frame.to_dict("records")]
-    known = paper.configs().set_index("paper_config").to_dict("index")
-    frame["diffs"] = ["; ".join(_diffs(r, known.get(r["paper_config"]))) for r in frame.to_dict("records")]
+    frame["repeat_key"] = [repeat_key(r) for r in records(frame)]
+    known = cast(dict[str, dict[str, Any]], paper.configs().set_index("paper_config").to_dict("index"))
+    frame["diffs"] = ["; ".join(_diffs(r, known.get(r["paper_config"]))) for r in records(frame)]
     finite = pd.Series(np.isfinite(frame["test_top1"].to_numpy(dtype=float)), index=frame.index)
     frame["status"] = frame["status"].where((frame["status"] != "ok") | finite, "diverged")
     frame["counted"] = (frame["status"] == "ok") & finite
     return frame
 
 
-def _diffs(row: dict, config: dict | None) -> list[str]:
+def _diffs(row: dict[str, Any], config: dict[str, Any] | None) -> list[str]:
     notes = settings_diff(row, config) if config else []
     if row["data_name"] and row["data_name"] != "animals":
         notes.append(f"data={row['data_name']} (paper: animals)")
@@ -228,11 +229,11 @@ def one_per_seed(counted: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([latest, counted[counted["seed"].isna()]])
 
 
-def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
+def _aggregate_group(keys: tuple[Hashable, ...], group: pd.DataFrame) -> dict[str, Any]:
     counted = one_per_seed(group[group["counted"]])
     status = group["status"]
     first = group.iloc[0]
-    row = dict(zip(GROUP_KEYS, keys))
+    row: dict[str, Any] = dict(zip(GROUP_KEYS, keys))
     shown = ("ran_as", "data_name", "data_id", "precision", "split", "recipe", "recipe_settings", *SETTINGS_SHOWN)
     row.update({k: first[k] for k in shown})
     row.update(
@@ -259,24 +260,35 @@ def _aggregate_group(keys: tuple, group: pd.DataFrame) -> dict:
 # ---------------------------------------------------------------- picking runs
 
 
-def first_of(counted: pd.DataFrame, paper_config: str) -> dict | None:
+def row_dict(row: pd.Series) -> dict[str, Any]:
+    """One row as a dict. The columns here are named by strings; pandas-stubs types the keys as
+    Hashable."""
+    return cast(dict[str, Any], row.to_dict())
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """The rows as dicts (string column names, as `row_dict`)."""
+    return cast(list[dict[str, Any]], frame.to_dict("records"))
+
+
+def first_of(counted: pd.DataFrame, paper_config: str) -> dict[str, Any] | None:
     """The run that stands for a paper configuration: exact settings first, then lowest seed."""
     rows = counted[counted["paper_config"] == paper_config]
     rows = rows.assign(_exact=rows["diffs"] == "").sort_values(
         ["_exact", "seed"], ascending=[False, True], kind="mergesort"
     )
-    return rows.iloc[0].to_dict() if len(rows) else None
+    return row_dict(rows.iloc[0]) if len(rows) else None
 
 
 def ranked_ok(frame: pd.DataFrame) -> pd.DataFrame:
     """ok runs with a test accuracy, best first (as the paper picks its best model)."""
-    ok = frame[(frame["status"] == "ok") & np.isfinite(frame["test_top1"].to_numpy(dtype=float))]
+    ok: pd.DataFrame = frame[(frame["status"] == "ok") & np.isfinite(frame["test_top1"].to_numpy(dtype=float))]
     return ok.sort_values(["test_top1", "val_top1"], ascending=False, kind="mergesort")
 
 
-def best(counted: pd.DataFrame) -> dict | None:
+def best(counted: pd.DataFrame) -> dict[str, Any] | None:
     ranked = ranked_ok(counted)
-    return ranked.iloc[0].to_dict() if len(ranked) else None
+    return row_dict(ranked.iloc[0]) if len(ranked) else None
 
 
 # ---------------------------------------------------------------- one run's predictions

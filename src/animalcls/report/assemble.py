@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -50,7 +51,7 @@ Figure = tuple[str, Path | None, str]  # (heading as plain text, PNG or None, Ma
 # ---------------------------------------------------------------- run titles and figures
 
 
-def run_title(row: dict) -> str:
+def run_title(row: dict[str, Any]) -> str:
     """What ran (plain text): its ran_as id, the paper configuration it stands for when that
     differs, the data set when it is not the paper's, the seed and the test accuracy."""
     ran, config = row.get("ran_as") or "", row.get("paper_config") or ""
@@ -79,7 +80,7 @@ def figure_failures(
     return figures.figure_gallery(tiles, title, path), len(tiles)
 
 
-def _per_run_figures(chosen: list[dict], problems: list[str], bases: list[Path], out: Path) -> list[Figure]:
+def _per_run_figures(chosen: list[dict[str, Any]], problems: list[str], bases: list[Path], out: Path) -> list[Figure]:
     found: list[Figure] = []
     for row in chosen:
         folder = rundirs.resolve_path(row.get("run_dir"), bases)

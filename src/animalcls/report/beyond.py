@@ -34,7 +34,7 @@ import pandas as pd
 from animalcls import paper
 from animalcls.registry import MODELS, display_name
 from animalcls.report import paired
-from animalcls.report.aggregate import PAPER_RECIPE, aggregate
+from animalcls.report.aggregate import PAPER_RECIPE, aggregate, row_dict
 from animalcls.report.text import is_blank, plain
 
 PAPER_CHANGED = "paper+changes"  # the paper's recipe with some of its procedures changed
@@ -97,7 +97,7 @@ def _labelled(groups: pd.DataFrame) -> pd.DataFrame:
     return groups.assign(recipe_label=pd.Series(labels, index=groups.index, dtype=object))
 
 
-def best_group(groups: pd.DataFrame) -> tuple[dict | None, int]:
+def best_group(groups: pd.DataFrame) -> tuple[dict[str, Any] | None, int]:
     """The group with the highest mean validation top-1 (then the most runs averaged) among those
     that averaged a run with a test top-1; returns (that group or None, number of such groups)."""
     measured = groups[(groups["n"] > 0) & groups["test_top1_mean"].notna()]
@@ -105,18 +105,21 @@ def best_group(groups: pd.DataFrame) -> tuple[dict | None, int]:
         return None, 0
     val = measured["val_top1_mean"].fillna(float("-inf"))  # no validation score: ranked last
     ranked = measured.assign(_val=val).sort_values(["_val", "n"], ascending=False, kind="mergesort")
-    return ranked.drop(columns="_val").iloc[0].to_dict(), len(ranked)
+    return row_dict(ranked.drop(columns="_val").iloc[0]), len(ranked)
 
 
-def _runs_of(frame: pd.DataFrame | None, group: dict | None) -> pd.DataFrame | None:
+def _runs_of(frame: pd.DataFrame | None, group: dict[str, Any] | None) -> pd.DataFrame | None:
     """The ok runs with a test top-1 that a group averaged (None without the runs' frame)."""
     if frame is None or group is None:
         return None
     mine = frame[(frame["paper_config"] == group["paper_config"]) & (frame["repeat_key"] == group["repeat_key"])]
-    return mine[(mine["status"] == "ok") & mine["test_top1"].notna()]
+    ok: pd.DataFrame = mine[(mine["status"] == "ok") & mine["test_top1"].notna()]
+    return ok
 
 
-def paired_diff(frame: pd.DataFrame | None, own: dict | None, other: dict | None) -> paired.MetricResult | None:
+def paired_diff(
+    frame: pd.DataFrame | None, own: dict[str, Any] | None, other: dict[str, Any] | None
+) -> paired.MetricResult | None:
     """Recipe - paper recipe in test top-1, paired by seed; None when no seed is shared."""
     own_runs, other_runs = _runs_of(frame, own), _runs_of(frame, other)
     if own_runs is None or other_runs is None or own_runs.empty or other_runs.empty:
@@ -143,12 +146,18 @@ def _data_label(data_name: str, ambiguous: bool, data_id: str, split: str) -> st
     return f"{name} ({data_id[:8] or 'no data_id'}, split {split or '?'})"
 
 
-def _epochs(group: dict | None) -> Any:
+def _epochs(group: dict[str, Any] | None) -> Any:
     return float("nan") if group is None or is_blank(group.get("epochs")) else int(group["epochs"])
 
 
 def _note(
-    key_name: str, paper_best: float, own: dict | None, own_of: int, other: dict | None, other_of: int, pairs: int
+    key_name: str,
+    paper_best: float,
+    own: dict[str, Any] | None,
+    own_of: int,
+    other: dict[str, Any] | None,
+    other_of: int,
+    pairs: int,
 ) -> str:
     notes = []
     if own is not None and other is not None and not pairs:

@@ -11,7 +11,8 @@ import math
 import re
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -19,8 +20,12 @@ from animalcls import paper
 from animalcls.registry import MODELS, display_name
 from animalcls.report.text import is_blank, mpl_text
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from PIL import Image
 
-def _pyplot():
+
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")  # never needs a display
@@ -29,7 +34,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     _pyplot().close(fig)
@@ -47,7 +52,7 @@ def _gflops_axis(ax: Any, xs: list[float]) -> None:
     ax.set_xlabel("compute per image [GFLOPs = 2 x multiply-adds, conv + linear; log scale]")
 
 
-def _legend(ax: Any, models: list[str], colors: dict, marks: list[tuple[str, bool, str]]) -> None:
+def _legend(ax: Any, models: list[str], colors: dict[Hashable, Any], marks: list[tuple[str, bool, str]]) -> None:
     """Model colours, then one entry per marker kind: (marker, hollow, label)."""
     from matplotlib.lines import Line2D
 
@@ -181,7 +186,7 @@ def figure_curves(history: pd.DataFrame, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def figure_gallery(tiles: list[tuple[Any, dict]], title: str, path: Path) -> Path:
+def figure_gallery(tiles: list[tuple[Image.Image, dict[str, Any]]], title: str, path: Path) -> Path:
     """Misclassified test images (thumbnail, prediction row), with true and predicted labels."""
     plt = _pyplot()
     cols = min(4, len(tiles))

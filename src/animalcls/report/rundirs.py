@@ -11,13 +11,16 @@ import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
 from animalcls import paper
-from animalcls.report.aggregate import best, first_of, ranked_ok
+from animalcls.report.aggregate import best, first_of, ranked_ok, records, row_dict
 from animalcls.report.text import is_blank, plain
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def resolve_path(path: Any, bases: Iterable[Path]) -> Path | None:
     return None
 
 
-def run_config(run_dir: Path | None) -> dict:
+def run_config(run_dir: Path | None) -> dict[str, Any]:
     """The run's resolved Hydra config as a plain dict ({} when absent or unreadable)."""
     if run_dir is None or not (run_dir / ".hydra" / "config.yaml").is_file():
         return {}
@@ -118,7 +121,7 @@ def image_bases(folder: Path, bases: list[Path]) -> list[Path]:
 
 def failure_images(
     predictions: pd.DataFrame, folder: Path, bases: list[Path], limit: int = 12
-) -> list[tuple[Any, dict]]:
+) -> list[tuple[Image.Image, dict[str, Any]]]:
     """(thumbnail, prediction row) of misclassified test images whose files still open, most
     confident mistakes first."""
     from PIL import Image
@@ -127,8 +130,8 @@ def failure_images(
     if "probability" in wrong:
         wrong = wrong.sort_values("probability", ascending=False, kind="mergesort")
     places = image_bases(folder, bases)
-    tiles = []
-    for r in wrong.to_dict("records"):
+    tiles: list[tuple[Image.Image, dict[str, Any]]] = []
+    for r in records(wrong):
         file = resolve_path(r.get("path"), places)
         if file is None:
             continue
@@ -147,7 +150,9 @@ def failure_images(
 # ---------------------------------------------------------------- choosing runs
 
 
-def choose_runs(frame: pd.DataFrame, specs: list[str] | None, bases: list[Path]) -> tuple[list[dict], list[str]]:
+def choose_runs(
+    frame: pd.DataFrame, specs: list[str] | None, bases: list[Path]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """The runs whose curves are drawn: by run id (or prefix), paper configuration id, or run
     dir. Default: the paper's base run and the best run. Returns (runs, problems)."""
     counted = frame[frame["counted"]]
@@ -164,9 +169,9 @@ def choose_runs(frame: pd.DataFrame, specs: list[str] | None, bases: list[Path])
     return chosen, problems
 
 
-def _default_runs(counted: pd.DataFrame) -> tuple[list[dict], list[str]]:
+def _default_runs(counted: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
     base_id = paper.table_rows(paper.tables()[0])["paper_config"].iloc[0]
-    chosen: dict[str, dict] = {}
+    chosen: dict[str, dict[str, Any]] = {}
     for label, row in (("base run", first_of(counted, base_id)), ("best run", best(counted))):
         if row is None:
             continue
@@ -177,28 +182,28 @@ def _default_runs(counted: pd.DataFrame) -> tuple[list[dict], list[str]]:
     return list(chosen.values()), [] if chosen else ["no finished run to draw curves for"]
 
 
-def _find_run(frame: pd.DataFrame, counted: pd.DataFrame, spec: str, bases: list[Path]) -> dict | None:
+def _find_run(frame: pd.DataFrame, counted: pd.DataFrame, spec: str, bases: list[Path]) -> dict[str, Any] | None:
     exact = frame[frame["run_id"] == spec]
     if len(exact):
-        return exact.iloc[0].to_dict()
+        return row_dict(exact.iloc[0])
     if len(spec) >= 6:
         prefixed = frame[frame["run_id"].str.startswith(spec)]
         if len(prefixed) == 1:
-            return prefixed.iloc[0].to_dict()
+            return row_dict(prefixed.iloc[0])
     by_config = first_of(counted, spec)
     if by_config is not None:
         return by_config
     folder = resolve_path(spec, bases)
     if folder is not None and folder.is_dir():
         matches = frame[frame["run_dir"].map(lambda d: resolve_path(d, bases) == folder)]
-        row = matches.iloc[0].to_dict() if len(matches) else {"run_id": folder.name}
+        row = row_dict(matches.iloc[0]) if len(matches) else {"run_id": folder.name}
         return {**row, "run_dir": str(folder)}
     return None
 
 
-def analysis_run(frame: pd.DataFrame, bases: list[Path]) -> dict | None:
+def analysis_run(frame: pd.DataFrame, bases: list[Path]) -> dict[str, Any] | None:
     """The best ok run whose directory still has predictions.csv (for the per-image figures)."""
-    for row in ranked_ok(frame).to_dict("records"):
+    for row in records(ranked_ok(frame)):
         folder = resolve_path(row["run_dir"], bases)
         if folder is not None and (folder / "predictions.csv").is_file():
             return {**row, "folder": folder}

@@ -5,7 +5,7 @@ Every cell that came from a results table is escaped for its format (see `report
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import pandas as pd
 
 from animalcls import paper
 from animalcls.registry import display_name
-from animalcls.report.aggregate import PAPER_RECIPE
+from animalcls.report.aggregate import PAPER_RECIPE, records, row_dict
 from animalcls.report.text import csv_frame, fmt, is_blank, latex_text, md_text, plain
 
 MISSING = "missing"
@@ -45,7 +45,11 @@ def markdown_table(frame: pd.DataFrame, raw: Iterable[str] = ()) -> str:
     """A GitHub Markdown table (no tabulate dependency). Every cell is escaped (`md_text`) except
     those of the `raw` columns, which hold Markdown this package wrote (e.g. code spans)."""
     raw = set(raw)
-    escape = [(lambda v: "" if is_blank(v) else str(v)) if c in raw else md_text for c in frame.columns]
+
+    def verbatim(v: Any) -> str:
+        return "" if is_blank(v) else str(v)
+
+    escape: list[Callable[[Any], str]] = [verbatim if c in raw else md_text for c in frame.columns]
     header = "| " + " | ".join(md_text(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(f(v) for f, v in zip(escape, row)) + " |" for row in frame.itertuples(index=False)]
@@ -79,7 +83,7 @@ def latex_table(frame: pd.DataFrame, caption: str, label: str) -> str:
 # ---------------------------------------------------------------- paper vs reproduced
 
 
-def _group_for(groups: pd.DataFrame, paper_config: str) -> tuple[dict | None, int]:
+def _group_for(groups: pd.DataFrame, paper_config: str) -> tuple[dict[str, Any] | None, int]:
     """The group that reproduces a paper configuration: one with a measured accuracy first, then
     the paper's recipe, then exact settings and the paper's data set, then the most runs averaged.
     Returns (group row or None, number of other groups)."""
@@ -88,16 +92,16 @@ def _group_for(groups: pd.DataFrame, paper_config: str) -> tuple[dict | None, in
         return None, 0
     ranked = candidates.assign(
         _measured=candidates["n"] > 0,
-        _paper_recipe=[_recipe_of(g) == "" for g in candidates.to_dict("records")],
+        _paper_recipe=[_recipe_of(g) == "" for g in records(candidates)],
         _exact=candidates["diffs"] == "",
     )
     ranked = ranked.sort_values(
         ["_measured", "_paper_recipe", "_exact", "n", "n_runs"], ascending=False, kind="mergesort"
     )
-    return ranked.iloc[0].to_dict(), len(ranked) - 1
+    return row_dict(ranked.iloc[0]), len(ranked) - 1
 
 
-def _recipe_of(group: dict) -> str:
+def _recipe_of(group: dict[str, Any]) -> str:
     """'' for the paper's recipe (or a table from before recipes), else what the group ran."""
     recipe = "" if is_blank(group.get("recipe")) else str(group["recipe"])
     changes = "" if is_blank(group.get("recipe_settings")) else str(group["recipe_settings"])
@@ -106,7 +110,7 @@ def _recipe_of(group: dict) -> str:
     return f"{recipe or PAPER_RECIPE}" + (f" ({changes})" if changes else "")
 
 
-def _status(group: dict | None) -> str:
+def _status(group: dict[str, Any] | None) -> str:
     if group is None:
         return MISSING
     if group["n"] > 0:
@@ -115,7 +119,7 @@ def _status(group: dict | None) -> str:
     return f"{MISSING} ({', '.join(parts)})" if parts else MISSING
 
 
-def _row_note(paper_row: dict, group: dict | None, others: int) -> str:
+def _row_note(paper_row: dict[str, Any], group: dict[str, Any] | None, others: int) -> str:
     notes = [f"paper: {paper_row['note']}"] if paper_row["note"] else []
     if group is not None:
         if group["diffs"]:
@@ -136,7 +140,7 @@ def _row_note(paper_row: dict, group: dict | None, others: int) -> str:
 def comparison(groups: pd.DataFrame) -> pd.DataFrame:
     """Every paper row with the numbers of the group that reproduces it (NaN where missing)."""
     out = []
-    for row in paper.load().to_dict("records"):
+    for row in records(paper.load()):
         group, others = _group_for(groups, row["paper_config"])
         g = group or {}
         mean = g.get("test_top1_mean", float("nan"))
