@@ -374,9 +374,13 @@ def _build_cache(
                 if isinstance(result, str):
                     bad_index.append(done)
                     bad_reason.append(result)
-                    _pwrite_all(fd, bytes(per_image), offset + done * per_image)  # zeros over a resumed slot
+                    _pwrite_all(
+                        fd, memoryview(bytes(per_image)), offset + done * per_image
+                    )  # zeros over a resumed slot
                 else:
-                    _pwrite_all(fd, result.contiguous().numpy().tobytes(), offset + done * per_image)
+                    # numpy's CHW copy: torch's .contiguous() of this permuted view measured 8 ms an
+                    # image on 2 busy cores (its intra-op threads contend with the decode threads), numpy's 20 us
+                    _pwrite_all(fd, np.ascontiguousarray(result.numpy()).data, offset + done * per_image)
                 done += 1
                 bar.update(1)
                 if done % chunk == 0:
@@ -395,8 +399,8 @@ def _build_cache(
     _finish(files, shape, bad_index, bad_reason)
 
 
-def _pwrite_all(fd: int, payload: bytes, where: int) -> None:
-    view = memoryview(payload)
+def _pwrite_all(fd: int, view: memoryview, where: int) -> None:
+    view = view.cast("B")
     while view:
         written = os.pwrite(fd, view, where)
         view, where = view[written:], where + written
