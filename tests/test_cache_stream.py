@@ -247,3 +247,31 @@ def test_a_split_reads_batches_from_the_map_without_copying_it(tmp_path):
     assert torch.cat([y for _, y in seen]).tolist() == [0, 1, 2, 3]
     cache_file = next((tmp_path / "cache").glob("*[0-9a-f].npy"))
     assert f" {cache_file}" in Path("/proc/self/maps").read_text()  # the images are the mapped file
+
+
+# ---------------------------------------------------------------- animalcls cache list|clean
+
+
+def test_cache_list_and_clean_name_each_cache_and_keep_what_is_in_use(tmp_path, monkeypatch, cli, capsys):
+    root = make_image_folder(tmp_path / "images", classes=2, per_class=6, size=24)
+    data, cache = scan(root), tmp_path / "cache"
+    load_cache(data, 24, 24, cache, workers=1)  # complete
+    monkeypatch.setattr(cache_module, "CHUNK_BYTES", 4 * 3 * 32 * 32)
+
+    def stop(done: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "chunk_written", stop)
+    with pytest.raises(KeyboardInterrupt):
+        load_cache(data, 32, 32, cache, workers=1)  # partial, 4 of 12
+    (cache / "0123456789abcdef.pt").write_bytes(b"x" * 1000)  # a version-1 cache
+    complete, partial = cache_key(data, 24, 24), cache_key(data, 32, 32)
+    assert cli(["cache", "list", f"data.cache_dir={cache}"], tmp_path) == 0
+    out = capsys.readouterr().out
+    assert f"{complete}  complete" in out and f"{partial}  partial" in out and "4/12 images" in out, out
+    assert "0123456789abcdef  old-format" in out and "3 cache(s)" in out
+    assert cli(["cache", "clean", f"data.cache_dir={cache}"], tmp_path) == 0
+    assert _files(cache) == [f"{complete}.json", f"{complete}.npy"]
+    assert cli(["cache", "clean", f"data.cache_dir={cache}", "all=true"], tmp_path) == 0
+    assert _files(cache) == []
+    assert cli(["cache", "prune"], tmp_path) == 2

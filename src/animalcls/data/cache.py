@@ -187,6 +187,92 @@ def _sidecar_problem(meta: Any, shape: tuple[int, ...]) -> str:
     return ""
 
 
+# ---------------------------------------------------------------- listing and cleaning
+
+
+class CacheEntry(NamedTuple):
+    """One cache (or leftover) in a cache dir, for `animalcls cache list|clean`."""
+
+    key: str
+    state: str  # complete | partial | building | old-format | leftover
+    images: int  # the cache's image count (0 if unknown)
+    done: int  # images decoded (= images when complete)
+    side: int  # crop side in pixels (0 if unknown)
+    bytes: int  # on disk, all of its files
+    modified: float  # newest mtime of its files
+    files: tuple[Path, ...]
+
+
+def cache_entries(cache_dir: str | os.PathLike[str]) -> list[CacheEntry]:
+    """Every cache in the dir: complete ones, partial builds (`building` while a job holds the lock),
+    version-1 `.pt` caches, and leftovers (a temp file of a killed write, a sidecar without its images)."""
+    folder = Path(cache_dir)
+    if not folder.is_dir():
+        return []
+    groups: dict[str, list[Path]] = {}
+    for path in folder.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            groups.setdefault(path.name.split(".", 1)[0], []).append(path)
+    entries = [_entry(key, sorted(paths)) for key, paths in sorted(groups.items())]
+    return [e for e in entries if e is not None]
+
+
+def _entry(key: str, paths: list[Path]) -> CacheEntry | None:
+    names = {p.name for p in paths}
+    stats = [p.stat() for p in paths]
+    size, modified = sum(st.st_size for st in stats), max(st.st_mtime for st in stats)
+    files = CacheFiles.of(paths[0].parent, key)
+    if names == {files.lock.name}:
+        return None  # a lock alone: nothing to report (jobs keep it; it is empty)
+    state, images, done, side = "leftover", 0, 0, 0
+    if f"{key}.pt" in names and len(names - {f"{key}.pt", f"{key}.pt.lock"}) == 0:
+        state = "old-format"
+    elif files.images.name in names:
+        try:
+            meta = json.loads(files.sidecar.read_text())
+            images, side = int(meta["shape"][0]), int(meta["shape"][2])
+            state, done = "complete", images
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            state = "leftover"
+    elif files.partial.name in names:
+        try:
+            record = json.loads(files.progress.read_text())
+            images, side, done = int(record["shape"][0]), int(record["shape"][2]), int(record["done"])
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass
+        state = "building" if _lock_held(files.lock) else "partial"
+    return CacheEntry(key, state, images, done, side, size, modified, tuple(paths))
+
+
+def _lock_held(lock: Path) -> bool:
+    from filelock import FileLock, Timeout
+
+    if not lock.exists():
+        return False
+    try:
+        with FileLock(str(lock), timeout=0):
+            return False
+    except Timeout:
+        return True
+    except OSError:  # a read-only dir: no job can be building there
+        return False
+
+
+def clean_caches(cache_dir: str | os.PathLike[str], everything: bool = False) -> list[CacheEntry]:
+    """Remove what no job will read again: old-format `.pt` caches, partial builds no job is running
+    (a rerun would resume them: remove them only to take the space back) and leftovers; with
+    `everything`, complete caches too (a job that has one mapped keeps reading it until it ends).
+    A build in progress is never touched. Returns what was removed."""
+    stale = {"old-format", "partial", "leftover"} | ({"complete"} if everything else set())
+    removed = []
+    for entry in cache_entries(cache_dir):
+        if entry.state in stale:
+            for path in entry.files:
+                path.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 # ---------------------------------------------------------------- building
 
 
