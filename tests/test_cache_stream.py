@@ -275,3 +275,36 @@ def test_cache_list_and_clean_name_each_cache_and_keep_what_is_in_use(tmp_path, 
     assert cli(["cache", "clean", f"data.cache_dir={cache}", "all=true"], tmp_path) == 0
     assert _files(cache) == []
     assert cli(["cache", "prune"], tmp_path) == 2
+
+
+# ---------------------------------------------------------------- start-up at scale
+
+
+def test_the_string_scan_keeps_the_order_of_sorted_paths(tmp_path):
+    """scan sorts plain strings by their parts (fast at 200k files); the split by seed depends on
+    the order, which must stay that of the sorted Paths it used before."""
+    root = tmp_path / "images"
+    names = [
+        "a b/x.jpg",
+        "a/x.jpg",
+        "a-b.jpg",
+        "a.jpg",
+        "B.jpg",
+        "b.JPG",
+        "img10.png",
+        "img2.png",
+        "z/y/0.jpg",
+        "z.png",
+    ]
+    for name in names:
+        for label in ("one", "two two"):
+            path = root / label / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    (root / "one" / "notes.txt").write_bytes(b"")
+    data = scan(root)
+    expected = []
+    for label in ("one", "two two"):
+        files = [p for p in (root / label).rglob("*") if p.is_file() and p.suffix.lower() != ".txt"]
+        expected += [str(p.relative_to(root)) for p in sorted(files)]
+    assert data.paths == expected and data.labels.tolist() == [0] * len(names) + [1] * len(names)
