@@ -262,10 +262,11 @@ def make_batches(
         )
     # the split's rows of the (memory-mapped) cache, read a batch at a time: gathering the split
     # here would copy it into RAM, which a data set larger than RAM does not have
-    images, rows = prepared.images, torch.from_numpy(index)
-    labels = torch.from_numpy(prepared.data.labels[index])
-    if device.type == "cuda" and _fits_on_device(rows.numel() * images.shape[1:].numel(), device):
-        images, labels, rows = images[rows].to(device), labels.to(device), None
+    split = torch.from_numpy(index)
+    images, labels = prepared.images, torch.from_numpy(prepared.data.labels[index])
+    rows: torch.Tensor | None = split
+    if device.type == "cuda" and _fits_on_device(split.numel() * images.shape[1:].numel(), device):
+        images, labels, rows = images[split].to(device), labels.to(device), None  # the split, on the device
     return TensorBatches(
         images, labels, batch_size, device, shuffle=train, seed=cfg.seed, rank=rank, world_size=world_size, rows=rows
     )
