@@ -105,29 +105,35 @@ def _empty(file: Path) -> None:
 
 
 def _wrong_shape(file: Path) -> None:
-    torch.save(
-        {
-            "images": torch.zeros((2, 3, 8, 8), dtype=torch.uint8),
-            "bad_index": torch.zeros(0, dtype=torch.long),
-            "bad_reason": [],
-        },
-        file,
-    )
+    np.save(file, np.zeros((2, 3, 8, 8), dtype=np.uint8))
 
 
 def _wrong_dtype(file: Path) -> None:
-    torch.save(
-        {"images": torch.zeros((6, 3, 16, 16)), "bad_index": torch.zeros(0, dtype=torch.long), "bad_reason": []}, file
-    )
+    np.save(file, np.zeros((6, 3, 16, 16), dtype=np.float32))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _garbage, _empty, _wrong_shape, _wrong_dtype])
+def _longer(file: Path) -> None:
+    with open(file, "ab") as stream:
+        stream.write(b"\0" * 100)
+
+
+def _no_sidecar(file: Path) -> None:
+    file.with_suffix(".json").unlink()
+
+
+def _bad_sidecar(file: Path) -> None:
+    file.with_suffix(".json").write_text('{"format": "animalcls-decode-cache", "version": 2, "shape": [6, 3, 16, 1')
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate, _garbage, _empty, _wrong_shape, _wrong_dtype, _longer, _no_sidecar, _bad_sidecar]
+)
 def test_a_damaged_cache_is_rebuilt_with_one_warning_naming_it(tmp_path, caplog, damage):
     root = _folder(tmp_path / "images")
     data, cache = scan(root), tmp_path / "cache"
     good, _ = load_cache(data, 16, 16, cache, workers=1)
     good = good.clone()
-    file = cache / f"{cache_key(data, 16, 16)}.pt"
+    file = cache / f"{cache_key(data, 16, 16)}.npy"
     damage(file)
     caplog.set_level(logging.WARNING, logger="animalcls.data")
     images, bad = load_cache(data, 16, 16, cache, workers=1)
@@ -175,7 +181,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path):
         assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
 
 
-def test_a_stop_during_the_first_decode_raises_interrupted_and_writes_nothing(tmp_path):
+def test_a_stop_during_the_first_decode_raises_interrupted_and_keeps_only_a_partial_cache(tmp_path):
     root = _folder(tmp_path / "images", classes=2, per_class=20)
     data, cache = scan(root), tmp_path / "cache"
     calls = []
@@ -187,9 +193,13 @@ def test_a_stop_during_the_first_decode_raises_interrupted_and_writes_nothing(tm
     with pytest.raises(Interrupted):
         load_cache(data, 16, 16, cache, workers=2, should_stop=should_stop)
     assert len(calls) == 3  # asked after each image, stopped at once
-    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == []
+    key = cache_key(data, 16, 16)
+    names = sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock"))
+    assert names == [f"{key}.partial.json", f"{key}.partial.npy"]  # the next start resumes, never reads it
+    assert '"done": 3' in (cache / f"{key}.partial.json").read_text()
     images, _ = load_cache(data, 16, 16, cache, workers=2, should_stop=lambda: False)
     assert images.shape[0] == 40
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [f"{key}.json", f"{key}.npy"]
 
 
 # ---------------------------------------------------------------- identity and order

@@ -151,4 +151,4 @@ def test_joblib_launcher_runs_two_jobs_in_parallel_into_one_table(tmp_path):
     table = results.load(table_file)
     assert sorted(table["lr"]) == [0.001, 0.002] and (table["status"] == "ok").all()
     assert table["run_id"].nunique() == 2
-    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # decoded once, shared
+    assert len(list((tmp_path / "cache").glob("*[0-9a-f].npy"))) == 1  # decoded once, shared

@@ -73,7 +73,7 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path):
     data = scan(root)
     key = cache_key(data, 40, 40)
     before, _ = load_cache(data, 40, 40, cache)
-    assert (cache / f"{key}.pt").exists()
+    assert (cache / f"{key}.npy").exists()
 
     changed = root / data.paths[1]
     stat = changed.stat()
@@ -83,7 +83,7 @@ def test_cache_is_rebuilt_when_a_file_changes(tmp_path):
     new_key = cache_key(data, 40, 40)
     assert new_key != key
     after, _ = load_cache(data, 40, 40, cache)
-    assert (cache / f"{new_key}.pt").exists()
+    assert (cache / f"{new_key}.npy").exists()
     assert torch.equal(after[1], decode_uint8(changed, 40, 40))
     assert not torch.equal(after[1], before[1])
     assert torch.equal(after[0], before[0]) and torch.equal(after[2:], before[2:])

@@ -220,9 +220,8 @@ def prepare_data(
     split = split_indices(len(data.paths), list(cfg.data.split), cfg.seed)
     images: torch.Tensor | None
     if cfg.data.pipeline == "cached":
-        images, skipped = load_cache(
-            data, *cache_decode_size(cfg.aug), cfg.data.cache_dir, cfg.workers, should_stop=should_stop
-        )
+        # the one-off decode uses every usable core (cfg.workers sizes the PIL pipeline's loaders)
+        images, skipped = load_cache(data, *cache_decode_size(cfg.aug), cfg.data.cache_dir, should_stop=should_stop)
     else:
         images, skipped = None, find_unreadable(data, cfg.workers)
     if skipped:
@@ -260,15 +259,18 @@ def make_batches(
         return PILBatches(
             prepared.data, index, cfg.aug, train, batch_size, device, cfg.workers, cfg.seed, rank, world_size
         )
-    images = prepared.images[torch.from_numpy(index)]
-    labels = torch.from_numpy(prepared.data.labels[index])
-    if device.type == "cuda" and _fits_on_device(images, device):
-        images, labels = images.to(device), labels.to(device)
+    # the split's rows of the (memory-mapped) cache, read a batch at a time: gathering the split
+    # here would copy it into RAM, which a data set larger than RAM does not have
+    split = torch.from_numpy(index)
+    images, labels = prepared.images, torch.from_numpy(prepared.data.labels[index])
+    rows: torch.Tensor | None = split
+    if device.type == "cuda" and _fits_on_device(split.numel() * images.shape[1:].numel(), device):
+        images, labels, rows = images[split].to(device), labels.to(device), None  # the split, on the device
     return TensorBatches(
-        images, labels, batch_size, device, shuffle=train, seed=cfg.seed, rank=rank, world_size=world_size
+        images, labels, batch_size, device, shuffle=train, seed=cfg.seed, rank=rank, world_size=world_size, rows=rows
     )
 
 
-def _fits_on_device(images: torch.Tensor, device: torch.device) -> bool:
+def _fits_on_device(numel: int, device: torch.device) -> bool:
     free, _ = torch.cuda.mem_get_info(device)
-    return images.numel() < 0.3 * free
+    return numel < 0.3 * free

@@ -34,6 +34,8 @@ commands:
   results   the results table: animalcls results rebuild [results=PATH] [runs=DIR]
             (rebuild it from the run dirs' record.json); animalcls results track logger=mlflow
             [results=PATH] (send every run of the table to the tracker, once)
+  cache     the decode caches: animalcls cache list|clean [data.cache_dir=DIR] [all=true]
+            (clean: old-format, partial and leftover files; all=true: complete caches too)
 
 Every command takes Hydra's override grammar (key=value, lists as [a,b], quotes for spaces).
 `animalcls train --help` lists the config groups and options; `animalcls train --cfg job` prints the
@@ -206,7 +208,7 @@ def _require_multirun_for_sweeps() -> None:
 
 
 # each animalcls.commands.<name>.main
-COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "compare", "results")
+COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "compare", "results", "cache")
 
 
 def _run_command(command: str, args: list[str]) -> int:

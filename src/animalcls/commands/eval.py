@@ -73,7 +73,7 @@ def test_split(cfg: DictConfig, split_file: Path, classes: list[str]) -> Prepare
             f"pass data.root=... where the data set lives now."
         )
     # the run's own view: a recipe's larger cached squares give the same centre view as its test
-    images, bad = load_cache(data, *cache_decode_size(cfg.aug), cfg.data.cache_dir, cfg.workers)
+    images, bad = load_cache(data, *cache_decode_size(cfg.aug), cfg.data.cache_dir)
     for path, why in bad:
         log.warning("skipping unreadable test image %s: %s", path, why)
     unreadable = {p for p, _ in bad}

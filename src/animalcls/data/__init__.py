@@ -11,7 +11,8 @@ One job per module, data flowing one way:
 
     scan.py     which images, which class, which split: scan, data identity, seeded split, manifest
     decode.py   one image file to pixels (any PIL mode to RGB, Resize + CenterCrop, uint8 tensor)
-    cache.py    the decode-once cache: key, build under a lock, atomic write, checked read
+    cache.py    the decode-once cache: key, a streamed, resumable build under a lock, checked
+                memory-mapped read, list and clean
     loaders.py  TensorBatches (over the cache) and PILBatches (DataLoader over files)
 
 Import names from here (`from animalcls.data import scan`); to monkeypatch a name, patch the

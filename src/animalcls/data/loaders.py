@@ -21,6 +21,10 @@ class TensorBatches:
 
     When the images live on the host and the device is CUDA, each batch is gathered into pinned
     memory and copied asynchronously, so the copy overlaps with the previous step's compute.
+
+    `rows` (optional): the rows of `images` this loader serves, `labels` being theirs. With it a
+    split reads its batches straight from the whole (memory-mapped) decode cache, and only a batch
+    at a time is ever copied; without it every row of `images` is served.
     """
 
     def __init__(
@@ -33,8 +37,11 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        rows: torch.Tensor | None = None,
     ) -> None:
-        self.images, self.labels = images, labels
+        if rows is not None and rows.shape[0] != labels.shape[0]:
+            raise ValueError(f"{rows.shape[0]} rows for {labels.shape[0]} labels")
+        self.images, self.labels, self.rows = images, labels, rows
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
@@ -63,8 +70,9 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # the epoch's order goes to the images' device once: a blocking copy per batch would
         # synchronise CUDA every step
-        order = self._order().to(self.images.device)
-        labels_order = order.to(self.labels.device)
+        positions = self._order()
+        order = (positions if self.rows is None else self.rows[positions]).to(self.images.device)
+        labels_order = positions.to(self.labels.device)
         for start in range(0, order.shape[0], self.batch_size):
             x = self.images.index_select(0, order[start : start + self.batch_size])
             y = self.labels.index_select(0, labels_order[start : start + self.batch_size])

@@ -51,11 +51,11 @@ def scan(root: str | os.PathLike[str]) -> Dataset:
     empty: list[str] = []
     ignored: list[Path] = []
     for index, name in enumerate(classes):
-        files, others = _class_files(root / name)
+        files, others = _class_files(root, name)
         ignored += others
         if not files:
             empty.append(name)
-        paths += [str(p.relative_to(root)) for p in files]
+        paths += files
         labels += [index] * len(files)
     if empty:
         raise AnimalclsError(
@@ -81,20 +81,28 @@ def _class_names(root: Path) -> list[str]:
     return classes
 
 
-def _class_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The image files under one class folder, sorted, and its other (non-hidden) files."""
-    images: list[Path] = []
+def _class_files(root: Path, name: str) -> tuple[list[str], list[Path]]:
+    """The image files under one class folder (relative to root, sorted), and its other
+    (non-hidden) files. Plain strings, not Paths: pathlib's parsing and comparisons were 90% of a
+    200k-file scan's time (5 s); the order is the same as sorting the Paths (by their parts)."""
+    folder = root / name
+    top = str(folder)
+    images: list[str] = []
     others: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # os.walk then skips them
-        for name in filenames:
-            if name.startswith("."):
+        rel_dir = name + dirpath[len(top) :]  # os.walk joins each subfolder onto `top`
+        for file in filenames:
+            if file.startswith("."):
                 continue
-            path = Path(dirpath) / name
-            is_image = path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-            (images if is_image else others).append(path)
-    # sorted as Paths (by parts), as before: the split by seed depends on this order
-    return sorted(images), others
+            full = os.path.join(dirpath, file)
+            if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS and os.path.isfile(full):
+                images.append(rel_dir + os.sep + file)
+            else:
+                others.append(Path(full))
+    # sorted by parts, as the Paths were before: the split by seed depends on this order
+    images.sort(key=lambda rel: rel.split(os.sep))
+    return images, others
 
 
 def _log_ignored(root: Path, ignored: list[Path]) -> None:
