@@ -166,8 +166,14 @@ def _flag(options: dict[str, Any], key: str) -> bool:
 
 def export_metadata(cfg: DictConfig, classes: list[str], run_id: str, with_probabilities: bool) -> dict[str, Any]:
     """What a user of the exported file alone needs: classes, input size and normalisation, outputs."""
-    from animalcls.cli import _version
+    from importlib.metadata import PackageNotFoundError, version
 
+    import animalcls
+
+    try:
+        installed = version("animalcls")
+    except PackageNotFoundError:
+        installed = animalcls.__version__
     outputs = ["scores", "logits", *(["probabilities"] if with_probabilities else [])]
     crop = int(cfg.aug.crop)
     return {
@@ -182,7 +188,7 @@ def export_metadata(cfg: DictConfig, classes: list[str], run_id: str, with_proba
         "torchscript_output": "probabilities" if with_probabilities else "logits",
         "model": str(cfg.model.name),
         "run_id": run_id,
-        "animalcls_version": _version(),
+        "animalcls_version": installed,
     }
 
 

@@ -121,15 +121,16 @@ def _run_id(cfg: DictConfig, data_ids: dict[tuple[str, str], str]) -> str:
 
 
 def _status(cfg: DictConfig, run_id: str, overrides: list[str]) -> Job:
+    from animalcls.record import legacy_run_id
+    from animalcls.results import ok_row_in_table
     from animalcls.resume import Claim
-    from animalcls.run import ok_row_in_table
 
     holder = Claim(cfg.results, run_id, Path(".")).live_holder()
     if holder is not None:
         return Job(overrides, run_id, "running", f"pid {holder['pid']} on {holder.get('host', '?')}")
     if cfg.force:
         return Job(overrides, run_id, "train", "force=true")
-    done = ok_row_in_table(cfg, run_id)
+    done = ok_row_in_table(cfg.results, run_id, legacy_run_id(cfg))
     if done is not None:
         return Job(overrides, run_id, "done", str(done.get("run_dir", "")))
     if not Path(cfg.results).exists():  # train first rebuilds a missing table from the run dirs
