@@ -7,9 +7,12 @@ check.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -127,3 +130,95 @@ def test_export_without_onnx_says_what_to_install(tmp_path, cli, capsys, monkeyp
     assert cli(["export", f"ckpt={ckpt}"], tmp_path) == 2
     assert 'pip install -e ".[export]"' in capsys.readouterr().err
     assert not (ckpt.parent / "model.onnx").exists()
+
+
+# ---------------------------------------------------------------- what the exported files say about themselves
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "onnx_classify.py"
+
+
+@pytest.mark.parametrize("probabilities", [False, True], ids=["default", "probabilities"])
+def test_the_files_carry_classes_input_and_outputs(tmp_path, cli, probabilities):
+    ckpt = make_checkpoint(tmp_path / "run" / "best.pt", ["aug.resize=56", "aug.crop=48"])
+    args = ["export", f"ckpt={ckpt}", "repeats=1", *(["probabilities=true"] if probabilities else [])]
+    assert cli(args, tmp_path) == 0
+    onnx_file, script_file = ckpt.parent / "model.onnx", ckpt.parent / "model.pt"
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    cfg = compose(["data.root=images", "aug.resize=56", "aug.crop=48"])
+    assert json.loads(meta["classes"]) == CLASSES
+    assert (json.loads(meta["resize"]), json.loads(meta["crop"])) == (56, 48)
+    assert json.loads(meta["mean"]) == pytest.approx(list(cfg.aug.mean))
+    assert json.loads(meta["std"]) == pytest.approx(list(cfg.aug.std))
+    assert meta["model"] == "base" and meta["run_id"] == "x" and "bilinear" in meta["input"]
+    names = ["scores", "logits", *(["probabilities"] if probabilities else [])]
+    assert [o.name for o in session.get_outputs()] == names == list(json.loads(meta["outputs"]))
+
+    inputs = inputs_for(48, 2)
+    outputs = dict(zip(names, session.run(None, {"images": inputs.numpy()}), strict=True))
+    _, _, reference = model_from_checkpoint(checkpoint.read(ckpt), ckpt)
+    with torch.no_grad():
+        expected = reference(inputs).float().log_softmax(1)
+    assert (torch.from_numpy(outputs["logits"]) - expected).abs().max() <= TOLERANCE
+    assert (torch.from_numpy(outputs["scores"]).log_softmax(1) - expected).abs().max() <= TOLERANCE
+    if probabilities:
+        assert (torch.from_numpy(outputs["probabilities"]) - expected.exp()).abs().max() <= TOLERANCE
+
+    extra = {"animalcls.json": ""}
+    scripted = torch.jit.load(str(script_file), _extra_files=extra)
+    script_meta = json.loads(extra["animalcls.json"])
+    assert script_meta["classes"] == CLASSES and script_meta["crop"] == 48
+    assert script_meta["torchscript_output"] == ("probabilities" if probabilities else "logits")
+    with torch.no_grad():
+        got = scripted(inputs)
+    assert (got - (expected.exp() if probabilities else expected)).abs().max() <= TOLERANCE
+
+
+def test_logits_mean_the_same_for_a_torchvision_model(tmp_path, cli):
+    """A torchvision model's `scores` are raw logits; its `logits` are log-probabilities, as the base CNN's."""
+    ckpt = make_checkpoint(
+        tmp_path / "run" / "best.pt", ["model=resnet18", "model.pretrained=false", "aug.resize=64", "aug.crop=64"]
+    )
+    assert cli(["export", f"ckpt={ckpt}", "repeats=1"], tmp_path) == 0
+    session = ort.InferenceSession(str(ckpt.parent / "model.onnx"), providers=["CPUExecutionProvider"])
+    scores, logits = session.run(["scores", "logits"], {"images": inputs_for(64, 2).numpy()})
+    assert abs(torch.from_numpy(logits).exp().sum(1) - 1).max() <= TOLERANCE  # normalised
+    assert abs(torch.from_numpy(scores).exp().sum(1) - 1).max() > 1e-2  # raw logits, as before
+    assert (torch.from_numpy(scores).log_softmax(1) - torch.from_numpy(logits)).abs().max() <= TOLERANCE
+
+
+def test_the_readme_example_agrees_with_predict(tmp_path, cli, image_folder):
+    """scripts/onnx_classify.py (the README's example: onnxruntime, numpy and PIL only) gives
+    `animalcls predict`'s top-1 and probability on images of other sizes and shapes than the crop."""
+    from PIL import Image
+
+    from conftest import tiny_train_args
+
+    assert cli([*tiny_train_args(image_folder), "aug.resize=56"], tmp_path) == 0
+    (ckpt,) = tmp_path.glob("outputs/**/best.pt")
+    assert cli(["export", f"ckpt={ckpt}", "repeats=1"], tmp_path) == 0
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    sources = sorted(image_folder.glob("class_*/img_00[0-2].jpg"))
+    for i, (source, size) in enumerate(zip(sources, [(90, 60), (41, 77), (56, 56), (30, 200)] * 3, strict=False)):
+        with Image.open(source) as image:
+            image.resize(size).convert("L" if i % 4 == 3 else "RGB").save(odd / f"{i}.png")
+    images = sorted(str(p) for p in odd.iterdir())
+
+    out = tmp_path / "predict.csv"
+    assert cli(["predict", f"ckpt={ckpt}", f"images=[{odd}]", f"out={out}", "device=cpu"], tmp_path) == 0
+    predicted = {row["path"]: (row["class_1"], row["prob_1"]) for _, row in pd.read_csv(out).iterrows()}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(ckpt.parent / "model.onnx"), *images],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    lines = [line.split("\t") for line in run.stdout.splitlines()]
+    assert [line[0] for line in lines] == images
+    for path, label, prob in lines:
+        expected_label, expected_prob = predicted[path]
+        assert label == expected_label, path
+        assert float(prob) == pytest.approx(expected_prob, abs=1e-3), path

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import math
 import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -782,3 +786,91 @@ def test_beyond_picks_on_validation_and_pairs_the_difference_by_seed():
     unpaired = beyond.beyond_table(report.aggregate(prepared)).iloc[0]
     assert unpaired["diff_pp"] == pytest.approx(41.0 - 32.0) and unpaired["diff_pairs"] == 0
     assert "no seed in common" in unpaired["note"]
+
+
+# ---------------------------------------------------------------- report.html
+
+
+class _Page(HTMLParser):
+    """Tables (their header cells), images and script/link tags of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[str]] = []
+        self.images: list[dict[str, str | None]] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.links: list[str] = []
+        self._in_th = False
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "th":
+            self._in_th = True
+            self.tables[-1].append("")
+        elif tag == "img":
+            self.images.append(attributes)
+        elif tag in ("script", "link", "iframe"):
+            self.scripts.append(attributes)
+        elif tag == "a":
+            self.links.append(attributes.get("href") or "")
+
+    def handle_endtag(self, tag):
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data):
+        if self._in_th:
+            self.tables[-1][-1] += data
+
+
+def _parsed(out: Path) -> _Page:
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    return page
+
+
+def _md_tables_and_figures(out: Path) -> tuple[int, list[str]]:
+    lines = (out / "report.md").read_text().splitlines()
+    tables = sum(1 for a, b in zip(lines, lines[1:]) if a.startswith("|") and b.startswith("|---"))
+    figures = [m.group(1) for m in re.finditer(r"!\[[^\]]*\]\(([^)]+)\)", "\n".join(lines))]
+    return tables, figures
+
+
+def test_report_html_holds_every_table_and_figure_inline(built):
+    out = built["out"]
+    page = _parsed(out)
+    tables, figures = _md_tables_and_figures(out)
+    assert tables > 5 and len(page.tables) == tables
+    assert len(figures) >= 9 and len(page.images) == len(figures)
+    for image, figure in zip(page.images, figures):
+        src = image["src"] or ""
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]) == (out / figure).read_bytes()
+    # no network: images inline (above), one inline script (the sorting), nothing loaded from elsewhere
+    assert page.scripts == [{}]
+    assert page.tables[-1][:2] == ["Run", "Status"] and "Top-1 %" in page.tables[-1]  # the runs table
+    assert 'addEventListener("click"' in (out / "report.html").read_text()
+
+
+def test_report_html_keeps_hostile_text_inert(hostile):
+    text = (hostile / "report.html").read_text(encoding="utf-8")
+    page = _parsed(hostile)
+    assert page.scripts == [{}]  # only the page's own script: none from a results table
+    assert SCRIPT not in text and "<script>alert" not in text
+    assert len(page.tables) == _md_tables_and_figures(hostile)[0]
+
+
+def test_report_html_renders_in_headless_chromium(built, tmp_path):
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    if browser is None:
+        pytest.skip("no chromium or chromium-browser on PATH: report.html was checked by parsing only")
+    run = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", (built["out"] / "report.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("<table") == len(_parsed(built["out"]).tables)

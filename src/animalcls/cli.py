@@ -24,7 +24,10 @@ commands:
             [out=PATH.csv] [format=topk|submission] [tta=true] [ckpt=[a.pt,b.pt]] [device=cpu] [eval_batch_size=N]
   tune      Optuna search with pruning, in SQLite:          animalcls tune n_trials=20 [study=NAME] [data=demo epochs=3]
             [pruner=median|hyperband|none] [sampler=tpe|random] [space=default] [storage=URL] [timeout=S]
+  plan      what a sweep would do, before it runs:         animalcls plan <train's overrides, e.g. lr=0.1,0.01>
+            (each job's run id and status: would train, done (skipped), running elsewhere; writes nothing)
   export    ONNX and TorchScript, checked against PyTorch:  animalcls export ckpt=PATH [out=DIR] [opset=17]
+            [probabilities=true]  (classes, input size, mean/std in the files' metadata)
   profile   params, GMACs (fvcore), GFLOPs, CPU latency:     animalcls profile model=resnet50
   bench     images/s of the engine vs the compute limit:     animalcls bench model=base data.root=...
   report    paper tables and figures from the results table: animalcls report [results=PATH|results=[a.csv,b.csv]]
@@ -208,7 +211,7 @@ def _require_multirun_for_sweeps() -> None:
 
 
 # each animalcls.commands.<name>.main
-COMMANDS = ("eval", "predict", "tune", "export", "profile", "bench", "report", "compare", "results", "cache")
+COMMANDS = ("eval", "predict", "tune", "plan", "export", "profile", "bench", "report", "compare", "results", "cache")
 
 
 def _run_command(command: str, args: list[str]) -> int:

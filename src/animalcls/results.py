@@ -438,6 +438,19 @@ def ok_rows(path: str | os.PathLike[str], run_ids: Iterable[str]) -> Any:
     return rows[rows["status"] == "ok"]
 
 
+def ok_row_in_table(path: str | os.PathLike[str], run_id: str, legacy_id: str) -> dict[str, Any] | None:
+    """The latest ok row of a run as the table stands, writing nothing: by its run id, or by its
+    animalcls 0.1 id (record.legacy_run_id) for rows written before record versions."""
+    import pandas as pd
+
+    table = rows_of(path, [run_id, legacy_id])
+    legacy = pd.to_numeric(table["record_version"], errors="coerce").isna()
+    mine = (table["run_id"] == run_id) & ~legacy
+    old = (table["run_id"] == legacy_id) & legacy
+    done = table[(mine | old) & (table["status"] == "ok")]
+    return dict(done.iloc[-1].to_dict()) if len(done) else None
+
+
 def has_ok_row(path: str | os.PathLike[str], run_id: str) -> bool:
     return len(ok_rows(path, [run_id])) > 0
 

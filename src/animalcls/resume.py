@@ -101,6 +101,17 @@ class Claim:
                 return None
             time.sleep(0.05)
 
+    def live_holder(self) -> dict[str, Any] | None:
+        """Who holds the run id now, read from its note without touching the lock (taking the lock
+        to test it would make a run starting that instant fail as busy): None without a note, or
+        when the note names a dead process of this host."""
+        if not Path(self.id_lock.lock_file).exists():
+            return None
+        holder = self.holder()
+        if holder is None or (holder.get("host") == socket.gethostname() and not _alive(int(holder["pid"]))):
+            return None
+        return holder
+
     def release(self) -> None:
         if self.id_lock.is_locked:  # the note goes first: once released, the next holder writes its own
             self.owner_file.unlink(missing_ok=True)

@@ -143,13 +143,7 @@ def done_row(cfg: DictConfig, run_id: str) -> dict[str, Any] | None:
     """The latest ok row of this run: by its run id, or by the animalcls 0.1 id for older rows.
     A deleted table is first rebuilt from the run dirs' records, so their runs count as done."""
     results.rebuild_if_missing(cfg.results)
-    legacy_id = legacy_run_id(cfg)
-    table = results.rows_of(cfg.results, [run_id, legacy_id])
-    legacy = pd.to_numeric(table["record_version"], errors="coerce").isna()
-    mine = (table["run_id"] == run_id) & ~legacy
-    old = (table["run_id"] == legacy_id) & legacy
-    done = table[(mine | old) & (table["status"] == "ok")]
-    return done.iloc[-1].to_dict() if len(done) else None
+    return results.ok_row_in_table(cfg.results, run_id, legacy_run_id(cfg))
 
 
 def record(cfg: DictConfig, run_dir: Path, row: dict[str, Any]) -> None:

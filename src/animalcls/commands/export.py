@@ -1,10 +1,25 @@
-"""`animalcls export ckpt=PATH|RUN_DIR [out=DIR] [opset=17] [images=folder/] [repeats=50]`
+"""`animalcls export ckpt=PATH|RUN_DIR [out=DIR] [opset=17] [images=folder/] [repeats=50] [probabilities=false]`
 
 Writes the checkpoint's model as ONNX (`model.onnx`, opset 17 by default) and as TorchScript
 (`model.pt`, traced) beside the checkpoint, or in out=DIR. Both take a batch of any size (a dynamic
-batch axis): input `images`, float32 N x 3 x crop x crop, normalised as in training (mean/std of the
-run's augmentation, RGB, pixel/255); output `scores`, N x classes (log-probabilities for the base
-CNN, logits for the torchvision models: softmax gives the probabilities either way).
+batch axis): input `images`, float32 N x 3 x crop x crop, RGB, pixel/255 normalised with the run's
+mean and std, after Resize(short side to `resize`, bilinear) + CenterCrop(`crop`).
+
+ONNX outputs, each N x classes, in this order:
+  scores         what earlier exports gave, unchanged (kept for existing users; prefer `logits`):
+                 log-probabilities for the base CNN, raw logits for the torchvision models
+  logits         log_softmax(scores), for every model: log-probabilities, which are logits (softmax
+                 gives the probabilities, argmax the class) whose exp sums to 1 over the classes.
+                 For a torchvision model they differ from its raw logits by one constant per image;
+                 for the base CNN (whose forward ends in log_softmax) they equal `scores`
+  probabilities  softmax(scores), only with probabilities=true
+The TorchScript model returns one tensor: `logits` (`probabilities` with probabilities=true).
+
+The file says all this itself: the ONNX model's metadata_props, and the TorchScript file's extra
+file `animalcls.json` (torch.jit.load(path, _extra_files={"animalcls.json": ""})), hold `classes`
+(JSON list, in output order), `resize`, `crop`, `mean`, `std` (JSON), `input`, `outputs`,
+`model`, `run_id` and `animalcls_version`; scripts/onnx_classify.py classifies images with
+onnxruntime, numpy and PIL from these alone.
 
 Before anything is written, both exported models are run on a sample batch (the images given, else
 fixed random pixels) at batch sizes 1 and 4, and their log-probabilities must match PyTorch's
@@ -15,6 +30,7 @@ calls) of PyTorch, TorchScript and onnxruntime is printed side by side. Needs
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import statistics
@@ -40,11 +56,27 @@ from animalcls.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-OPTIONS = {"ckpt": "PATH", "out": "DIR", "opset": "N", "images": "[a.jpg,folder/]", "repeats": "N"}
+OPTIONS = {
+    "ckpt": "PATH",
+    "out": "DIR",
+    "opset": "N",
+    "images": "[a.jpg,folder/]",
+    "repeats": "N",
+    "probabilities": "true|false",
+}
 DEFAULT_OPSET, MIN_OPSET = 17, 13
 TOLERANCE = 1e-4  # max |log-prob difference| between an exported model and PyTorch
 SAMPLE = 4  # images in the sample batch
 FILES = ("model.onnx", "model.pt")
+EXTRA_FILE = "animalcls.json"  # the TorchScript file's metadata, as JSON
+OUTPUTS_DOC = {
+    "scores": "the model's own output, as earlier exports gave it (prefer logits): log-probabilities "
+    "for the base CNN, raw logits for the torchvision models",
+    "logits": "log_softmax(scores) for every model: log-probabilities, i.e. logits normalised so that "
+    "softmax(logits) = exp(logits); argmax is the class. A torchvision model's raw logits differ "
+    "from them by one constant per image; the base CNN's output already is log_softmax",
+    "probabilities": "softmax(scores): each row sums to 1",
+}
 INSTALL_HINT = 'pip install -e ".[export]"'
 
 
@@ -57,6 +89,7 @@ def main(args: list[str]) -> int:
             + " (the model and its input size come from the checkpoint)."
         )
     ckpt, out, opset, repeats = _checked(options)
+    with_probabilities = _flag(options, "probabilities")
     loaded = checkpoint.read(ckpt)
     name = checkpoint.config_of(loaded).model.name
     if name not in MODELS:
@@ -65,19 +98,22 @@ def main(args: list[str]) -> int:
             f"this animalcls cannot rebuild it, so nothing was exported."
         )
     cfg, classes, model = build.model_from_checkpoint(loaded, ckpt)
+    metadata = export_metadata(cfg, classes, str(loaded["meta"].get("run_id", "")), with_probabilities)
     sample = sample_batch(cfg, options.get("images"))
     onnx, ort = _export_libraries()
     _check_writable(out)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as tmp:
         staged = Path(tmp)
-        export_onnx(model, sample, staged / "model.onnx", opset)
+        export_onnx(model, sample, staged / "model.onnx", opset, with_probabilities)
+        add_onnx_metadata(onnx, staged / "model.onnx", metadata)
         onnx.checker.check_model(str(staged / "model.onnx"))
-        export_torchscript(model, sample, staged / "model.pt")
+        export_torchscript(model, sample, staged / "model.pt", metadata, with_probabilities)
         session = ort.InferenceSession(str(staged / "model.onnx"), providers=["CPUExecutionProvider"])
         with _quiet_deprecations():
-            scripted = torch.jit.load(str(staged / "model.pt"), map_location="cpu")  # type: ignore[no-untyped-call]  # torch leaves jit.load unannotated
-        diffs = compare(model, scripted, session, sample)
+            scripted = torch.jit.load(str(staged / "model.pt"), map_location="cpu")  # type: ignore[no-untyped-call]
+        diffs = compare(model, scripted, session, sample, with_probabilities)
         print(f"model {cfg.model.name}: {len(classes)} classes, input 3x{cfg.aug.crop}x{cfg.aug.crop}, opset {opset}")
+        print(f"  outputs: ONNX {', '.join(metadata['outputs'])}; TorchScript {metadata['torchscript_output']}")
         for what, diff in diffs.items():
             print(
                 f"  {what:<12} max |log-prob - PyTorch's| = {diff:.2e}  (batch 1 and {SAMPLE}; tolerance {TOLERANCE:g})"
@@ -93,6 +129,10 @@ def main(args: list[str]) -> int:
         for file in FILES:
             os.replace(staged / file, out / file)
     print(f"written: {out / 'model.onnx'} (ONNX, opset {opset}), {out / 'model.pt'} (TorchScript, traced)")
+    print(
+        f"  classes, input size, mean/std and outputs are in their metadata; classify with: "
+        f"python scripts/onnx_classify.py {out / 'model.onnx'} IMAGE..."
+    )
     print(f"CPU latency, batch 1, median of {repeats} ({torch.get_num_threads()} threads):")
     for what, ms in latencies(model, scripted, session, sample[:1], repeats).items():
         print(f"  {what:<12} {ms:8.2f} ms")
@@ -115,6 +155,75 @@ def _checked(options: dict[str, Any]) -> tuple[str, Path, int, int]:
     if any((Path(out) / f).resolve() == Path(ckpt).resolve() for f in FILES):
         raise AnimalclsError(f"the export would overwrite the checkpoint {ckpt}: give another out=DIR.")
     return ckpt, Path(out), opset, repeats
+
+
+def _flag(options: dict[str, Any], key: str) -> bool:
+    value = options.get(key, False)
+    if not isinstance(value, bool):
+        raise AnimalclsError(f"{key} is true or false (got {value!r}).")
+    return value
+
+
+def export_metadata(cfg: DictConfig, classes: list[str], run_id: str, with_probabilities: bool) -> dict[str, Any]:
+    """What a user of the exported file alone needs: classes, input size and normalisation, outputs."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import animalcls
+
+    try:
+        installed = version("animalcls")
+    except PackageNotFoundError:
+        installed = animalcls.__version__
+    outputs = ["scores", "logits", *(["probabilities"] if with_probabilities else [])]
+    crop = int(cfg.aug.crop)
+    return {
+        "classes": list(classes),
+        "resize": int(cfg.aug.resize),
+        "crop": crop,
+        "mean": [float(v) for v in cfg.aug.mean],
+        "std": [float(v) for v in cfg.aug.std],
+        "input": f"images: float32 N x 3 x {crop} x {crop}, RGB; an image is resized (short side to resize, "
+        f"bilinear), centre-cropped to crop x crop, then (pixel / 255 - mean) / std per channel",
+        "outputs": {name: OUTPUTS_DOC[name] for name in outputs},
+        "torchscript_output": "probabilities" if with_probabilities else "logits",
+        "model": str(cfg.model.name),
+        "run_id": run_id,
+        "animalcls_version": installed,
+    }
+
+
+def _as_strings(metadata: dict[str, Any]) -> dict[str, str]:
+    """ONNX metadata values are strings: the text ones as they are, the rest as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+
+
+def add_onnx_metadata(onnx: Any, path: Path, metadata: dict[str, Any]) -> None:
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in _as_strings(metadata).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = "animalcls export: see the metadata_props for the classes, the input and the outputs"
+    onnx.save(model, str(path))
+
+
+class Outputs(torch.nn.Module):
+    """The exported graph: the model's scores, their log_softmax (logits) and, optionally, softmax."""
+
+    def __init__(self, model: torch.nn.Module, with_probabilities: bool, only: str | None = None) -> None:
+        super().__init__()
+        self.model, self.with_probabilities, self.only = model, with_probabilities, only
+
+    def forward(self, images: torch.Tensor) -> Any:
+        scores = self.model(images)
+        logits = scores.float().log_softmax(dim=1)
+        if self.only == "logits":
+            return logits
+        if self.only == "probabilities":
+            return logits.exp()
+        if self.with_probabilities:
+            return scores, logits, scores.float().softmax(dim=1)
+        return scores, logits
 
 
 def _export_libraries() -> tuple[Any, Any]:
@@ -163,48 +272,69 @@ def _quiet_deprecations() -> Iterator[None]:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]  # imported in torch.jit, missing from its __all__
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
         yield
 
 
-def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int) -> None:
+def export_onnx(
+    model: torch.nn.Module, sample: torch.Tensor, path: Path, opset: int, with_probabilities: bool = False
+) -> None:
+    outputs = ["scores", "logits", *(["probabilities"] if with_probabilities else [])]
     with _quiet_deprecations(), torch.no_grad():
         torch.onnx.export(
-            model,
+            Outputs(model, with_probabilities).eval(),
             (sample,),
             str(path),
             dynamo=False,
             opset_version=opset,
             input_names=["images"],
-            output_names=["scores"],
-            dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
         )
 
 
-def export_torchscript(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+def export_torchscript(
+    model: torch.nn.Module,
+    sample: torch.Tensor,
+    path: Path,
+    metadata: dict[str, Any] | None = None,
+    with_probabilities: bool = False,
+) -> None:
+    only = "probabilities" if with_probabilities else "logits"
+    extra = {EXTRA_FILE: json.dumps(metadata or {}, indent=1)}
     with _quiet_deprecations(), torch.no_grad():
-        traced = torch.jit.trace(model, sample)  # type: ignore[no-untyped-call]  # torch leaves jit.trace unannotated
-        traced.save(str(path))
+        traced: Any = torch.jit.trace(Outputs(model, with_probabilities, only).eval(), sample)  # type: ignore[no-untyped-call]
+        traced.save(str(path), _extra_files=extra)
 
 
 def _log_probs(scores: Any) -> torch.Tensor:
     return torch.as_tensor(scores).float().log_softmax(dim=1)
 
 
-def compare(model: torch.nn.Module, scripted: Any, session: Any, sample: torch.Tensor) -> dict[str, float]:
-    """Max |log-prob difference| to PyTorch of each exported model, at batch 1 and SAMPLE."""
+def compare(
+    model: torch.nn.Module, scripted: Any, session: Any, sample: torch.Tensor, with_probabilities: bool = False
+) -> dict[str, float]:
+    """Max difference to PyTorch of each exported model, at batch 1 and SAMPLE, over every output:
+    |log-prob difference| for `scores` (after log_softmax) and `logits`, |probability difference|
+    for `probabilities` (never more than the log-probabilities' difference, as both are <= 0)."""
     diffs = {"onnxruntime": 0.0, "torchscript": 0.0}
     with torch.no_grad(), _quiet_deprecations():
         for batch in (sample[:1], sample):
             reference = _log_probs(model(batch))
-            outputs = {
-                "onnxruntime": _log_probs(session.run(None, {"images": batch.numpy()})[0]),
-                "torchscript": _log_probs(scripted(batch)),
-            }
-            for what, got in outputs.items():
-                if got.shape != reference.shape:
-                    raise AnimalclsError(f"{what} gave shape {tuple(got.shape)} for {tuple(reference.shape)}")
-                diffs[what] = max(diffs[what], float((got - reference).abs().max()))
+            onnx_outputs = [torch.as_tensor(o).float() for o in session.run(None, {"images": batch.numpy()})]
+            pairs = [
+                ("onnxruntime", _log_probs(onnx_outputs[0]), reference),
+                ("onnxruntime", onnx_outputs[1], reference),
+            ]
+            if with_probabilities:
+                pairs.append(("onnxruntime", onnx_outputs[2], reference.exp()))
+                pairs.append(("torchscript", scripted(batch).float(), reference.exp()))
+            else:
+                pairs.append(("torchscript", scripted(batch).float(), reference))
+            for what, got, expected in pairs:
+                if got.shape != expected.shape:
+                    raise AnimalclsError(f"{what} gave shape {tuple(got.shape)} for {tuple(expected.shape)}")
+                diffs[what] = max(diffs[what], float((got - expected).abs().max()))
     return diffs
 
 

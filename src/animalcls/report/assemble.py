@@ -3,6 +3,8 @@
 Reads one or more results tables (never trains, needs no GPU) and writes under `out`:
 
     report.md                    the index: coverage, what is missing, tables, figures, choices
+    report.html                  report.md as one self-contained page (figures inlined as base64
+                                 PNG, tables sortable by a click on a header, no network)
     paper_comparison.csv         every paper row (67) with its reproduced numbers
     tables/table_2_1_1.{md,csv,tex} ...   one per paper table, the paper's columns
     runs.csv, runs.md            every run: settings, top-1/3/5, GFLOPs, GMACs, params, time, status
@@ -40,7 +42,7 @@ import pandas as pd
 from animalcls import paper, record
 from animalcls import results as results_table
 from animalcls.registry import base_model, display_name
-from animalcls.report import beyond, figures, rundirs
+from animalcls.report import beyond, figures, html, rundirs
 from animalcls.report.aggregate import GROUP_KEYS, aggregate, confusion, per_class_accuracy, prepare, top_confusions
 from animalcls.report.tables import MISSING, comparison, markdown_table, write_csv, write_paper_tables, write_runs
 from animalcls.report.text import is_blank, md_code, md_text, plain
@@ -504,4 +506,5 @@ def run_report(tables: list[str], out: str, runs: list[str] | None = None) -> Pa
     ]
     index = folder / "report.md"
     index.write_text("\n".join(lines))
+    html.write_html(index)  # the same report as one file a browser opens: figures inline
     return index
