@@ -223,3 +223,15 @@ def test_claims_script_prints_each_claims_sentence_and_table(results_csv, tmp_pa
     assert "4 paired seed(s): test top-1 % 36.25 ± 4.35 vs 33.25 ± 3.59, b - a +3.00" in done.stdout
     assert "95% CI +1.70 to +4.30: b beats a." in done.stdout and "test top-5 %" in done.stdout
     assert "## no such runs" in done.stderr and "matches no run" in done.stderr
+
+
+def test_a_warm_started_run_pairs_only_with_runs_from_the_same_source_wherever_it_lives():
+    warm = [run(f"w{k}", k, 40.0, optimizer="adamw", init_from=f"src:abc /old/place/{k}/best.pt") for k in range(3)]
+    with pytest.raises(paired.PairingError, match="also differ in init_from"):
+        paired.pair_runs(table(*SGD, *warm), {"optimizer": "sgd"}, {"optimizer": "adamw"})
+    moved = [
+        dict(r, run_id=f"s{k}", optimizer="sgd", repeat_id="r-sgd-warm", init_from=f"src:abc /new/place/{k}/best.pt")
+        for k, r in enumerate(warm)
+    ]
+    pairing = paired.pair_runs(table(*moved, *warm), {"optimizer": "sgd"}, {"optimizer": "adamw"})
+    assert len(pairing.pairs) == 3  # the source's identity pairs them, not its path

@@ -57,6 +57,7 @@ SETTINGS = (
     "pipeline",
     "recipe",
     "recipe_settings",
+    "init_from",  # a warm start pairs only with runs from the same source weights
 )
 # Columns that only select runs (not settings): `a.repeat_id=...`, `a.tags=sweep1`.
 SELECTORS = ("run_id", "repeat_id", "paper_config", "tags")
@@ -210,6 +211,8 @@ def _cell(column: str, value: Any) -> str:
         return str(paper.as_bool(value)).lower()
     if is_blank(value):
         return ""
+    if column == "init_from":  # "<source run id>:<weights digest> <path>": the path moves with the project
+        return str(value).split(" ")[0]
     if column in NUMERIC:
         try:
             return f"{float(value):.12g}"
