@@ -25,7 +25,14 @@ Group = tuple[str, ...]  # module names; a name covers its submodules (animalcls
 
 LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
     ("entry points", (("animalcls.__main__", "animalcls.cli", "animalcls.commands"),)),
-    ("runs | reports", (("animalcls.run", "animalcls.tracking", "animalcls.distributed"), ("animalcls.report",))),
+    (
+        "runs | reports",
+        (
+            # tune's objective runs its trials through run: it sits beside it
+            ("animalcls.run", "animalcls.tracking", "animalcls.distributed", "animalcls.tuning.objective"),
+            ("animalcls.report",),
+        ),
+    ),
     ("factories | loop", (("animalcls.build",), ("animalcls.engine",))),
     ("the step", (("animalcls.graphs", "animalcls.steps"),)),
     (
@@ -54,6 +61,7 @@ LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
                 "animalcls.resume",
                 "animalcls.schedule",
                 "animalcls.sweep",
+                "animalcls.tuning",  # the search space, the study, the summary (not its objective)
                 "animalcls.warmstart",
             ),
         ),
