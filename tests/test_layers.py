@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
             # tune's objective runs its trials through run: it sits beside it
             ("animalcls.run", "animalcls.tracking", "animalcls.distributed", "animalcls.tuning.objective"),
             ("animalcls.report",),
+            ("animalcls.benchmark",),  # bench's measurements: build's parts driven by engine's loop
         ),
     ),
     ("factories | loop", (("animalcls.build",), ("animalcls.engine",))),
