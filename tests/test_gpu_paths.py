@@ -345,9 +345,9 @@ def test_standin_config_is_the_papers_split():
 
 @pytest.mark.slow  # two `animalcls train` processes: about 20 s on a 2-core CPU
 def test_bench_sweep_times_old_and_new_settings_and_writes_the_ratio(tmp_path, cli, monkeypatch):
-    from animalcls.commands import bench
+    from animalcls.benchmark import sweep
 
-    monkeypatch.setattr(bench, "SWEEP_CONFIGS", ["base-adam-lr1e-3-bs16-e10-ce"])  # one, to stay quick
+    monkeypatch.setattr(sweep, "SWEEP_CONFIGS", ["base-adam-lr1e-3-bs16-e10-ce"])  # one, to stay quick
     root = make_image_folder(tmp_path / "images", classes=3, per_class=10, size=40)
     out = tmp_path / "sweep.json"
     args = ["bench", "bench.mode=sweep", f"data.root={root}", "data.cache_dir=cache", "device=cpu", "epochs=1"]

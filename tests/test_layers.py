@@ -25,7 +25,15 @@ Group = tuple[str, ...]  # module names; a name covers its submodules (animalcls
 
 LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
     ("entry points", (("animalcls.__main__", "animalcls.cli", "animalcls.commands"),)),
-    ("runs | reports", (("animalcls.run", "animalcls.tracking", "animalcls.distributed"), ("animalcls.report",))),
+    (
+        "runs | reports",
+        (
+            # tune's objective runs its trials through run: it sits beside it
+            ("animalcls.run", "animalcls.tracking", "animalcls.distributed", "animalcls.tuning.objective"),
+            ("animalcls.report",),
+            ("animalcls.benchmark",),  # bench's measurements: build's parts driven by engine's loop
+        ),
+    ),
     ("factories | loop", (("animalcls.build",), ("animalcls.engine",))),
     ("the step", (("animalcls.graphs", "animalcls.steps"),)),
     (
@@ -54,6 +62,7 @@ LAYERS: tuple[tuple[str, tuple[Group, ...]], ...] = (
                 "animalcls.resume",
                 "animalcls.schedule",
                 "animalcls.sweep",
+                "animalcls.tuning",  # the search space, the study, the summary (not its objective)
                 "animalcls.warmstart",
             ),
         ),
