@@ -20,29 +20,31 @@ from pathlib import Path
 
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from animalcls.data import scan  # noqa: E402
+
 SIDES = {
     "paper-best": ["+paper_config=base-adam-lr1e-4-bs16-e10-ce-bn-drop0p5"],
     "recipe-scratch": ["recipe=scratch", "model.batch_norm=true", "model.dropout=0.5"],
 }
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 
 
 def downsample(source: Path, target: Path, size: int) -> int:
-    """Every image of `source` (class folders) with its shorter side resized to `size` px, as
-    JPEG, into `target`; images already written are kept. Returns the number of images."""
-    count = 0
-    for image in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        out = target / image.relative_to(source).with_suffix(".jpg")
-        count += 1
+    """Every image animalcls finds in `source` (its own scan: the same images, classes and hidden-
+    file rules as a run) with its shorter side resized to `size` px, as JPEG, into `target`;
+    images already written are kept. Returns the number of images."""
+    data = scan(source)
+    for relative in data.paths:
+        out = (target / relative).with_suffix(".jpg")
         if out.exists():
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(image) as picture:
+        with Image.open(data.root / relative) as picture:
             picture = picture.convert("RGB")
             scale = size / min(picture.size)
             shape = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
             picture.resize(shape, Image.Resampling.BICUBIC, reducing_gap=3.0).save(out, quality=90)
-    return count
+    return len(data.paths)
 
 
 def train(name: str, side: list[str], args: argparse.Namespace, data: Path, out: Path) -> None:
