@@ -266,8 +266,20 @@ def make_batches(
     rows: torch.Tensor | None = split
     if device.type == "cuda" and _fits_on_device(split.numel() * images.shape[1:].numel(), device):
         images, labels, rows = images[split].to(device), labels.to(device), None  # the split, on the device
+    # data.order=block: one global block order on every rank, sharded as the random one (block_order)
     return TensorBatches(
-        images, labels, batch_size, device, shuffle=train, seed=cfg.seed, rank=rank, world_size=world_size, rows=rows
+        images,
+        labels,
+        batch_size,
+        device,
+        shuffle=train,
+        seed=cfg.seed,
+        rank=rank,
+        world_size=world_size,
+        rows=rows,
+        order=cfg.data.order,
+        block_images=cfg.data.block_images,
+        block_window=cfg.data.block_window,
     )
 
 

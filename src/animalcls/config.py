@@ -145,6 +145,12 @@ class DataConfig:
     pipeline: str = "cached"
     cache_dir: str = "data/.cache"
     strict: bool = False
+    # the training read order over the decode cache (animalcls.data.loaders.block_order): random
+    # (a full permutation per epoch) | block (shuffled runs of block_images consecutive cache rows,
+    # block_window runs shuffled together: for a cache larger than RAM). New keys go last.
+    order: str = "random"
+    block_images: int = 256
+    block_window: int = 8
 
 
 @dataclass
@@ -472,6 +478,8 @@ RANGES: dict[str, Range] = {
     "aug.rrc_ratio": _r(0, 100, "[0.75,1.3333333]", lo_open=True),
     "aug.color_jitter": _r(0, 1, "0.4"),
     "data.split": _r(0, 1, "[0.85,0.05,0.10]"),
+    "data.block_images": _r(1, 10**6, "256", "consecutive cache rows per block"),
+    "data.block_window": _r(1, 10**6, "8", "blocks shuffled together"),
     "bench.batches": _r(1, 100_000, "8"),
     "bench.warmup": _r(0, 100_000, "2"),
     "bench.eval_batches": _r(1, 100_000, "4"),
@@ -636,6 +644,18 @@ def _check_recipe_combinations(cfg: DictConfig) -> None:
             "aug.cache_size, rrc_scale, color_jitter and trivial_augment run on the device after the "
             "decode-once cache: use data.pipeline=cached with them."
         )
+    if cfg.data.pipeline == "pil" and cfg.data.order != "random":
+        raise AnimalclsError(
+            f"data.order={cfg.data.order} orders reads of the decode cache, which data.pipeline=pil does not "
+            f"read: use data.pipeline=cached with it, or data.order=random."
+        )
+    blocks = {k: cfg.data[k] for k in ("block_images", "block_window") if cfg.data[k] != schema_leaves()[f"data.{k}"]}
+    if cfg.data.order != "block" and blocks:
+        given = " ".join(f"data.{k}={v}" for k, v in blocks.items())
+        raise AnimalclsError(
+            f"{given} shapes data.order=block, but data.order={cfg.data.order}: add data.order=block, "
+            f"or drop {'it' if len(blocks) == 1 else 'them'} (it would change the run id and nothing else)."
+        )
     if cfg.finetune.freeze_epochs and not cfg.model.pretrained:
         raise AnimalclsError(
             "finetune.freeze_epochs freezes a pretrained backbone, but model.pretrained=false: "
@@ -713,6 +733,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _choice(cfg.test_on, ("best", "last"), "test_on")
     _choice(cfg.data.pipeline, ("cached", "pil"), "data.pipeline")
+    _choice(cfg.data.order, ("random", "block"), "data.order")
     _choice(str(cfg.resume).lower(), ("auto", "true", "false"), "resume")
     if not DEVICE_PATTERN.match(str(cfg.device)):
         raise AnimalclsError(f"device={cfg.device!r} is not a device; use device=auto, cpu, cuda or cuda:N.")

@@ -21,7 +21,7 @@ module that uses it (e.g. `animalcls.data.cache`), since this package only re-ex
 
 from animalcls.data.cache import CACHE_VERSION, cache_key, load_cache
 from animalcls.data.decode import decode, decode_uint8, find_unreadable
-from animalcls.data.loaders import PILBatches, TensorBatches, Transform, pil_transform
+from animalcls.data.loaders import PILBatches, TensorBatches, Transform, block_order, pil_transform
 from animalcls.data.scan import (
     IMAGE_EXTENSIONS,
     SPLITS,
@@ -43,6 +43,7 @@ __all__ = [
     "PILBatches",
     "TensorBatches",
     "Transform",
+    "block_order",
     "cache_key",
     "data_identity",
     "decode",

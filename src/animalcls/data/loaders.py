@@ -16,8 +16,42 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 
+ORDERS = ("random", "block")  # data.order
+
+
+def block_order(n: int, generator: torch.Generator, block: int, window: int) -> torch.Tensor:
+    """A quasi-random permutation of 0..n-1 that reads a memory-mapped cache in long runs.
+
+    The positions are cut into consecutive blocks of `block` (the last may be short); the blocks
+    are shuffled; the shuffled list is taken `window` blocks at a time and the positions within
+    each window are shuffled together. Every `window * block` consecutive outputs of a window are
+    thus the positions of `window` blocks: reading them touches `window` contiguous runs of cache
+    rows (a split's rows are sorted, so a run of positions is a run of rows with the other splits'
+    rows in its gaps), not `window * block` scattered rows. FFCV's QUASI_RANDOM order, the same
+    idea. block=1 window=1 is a plain shuffle of the positions (not `torch.randperm`'s: a
+    different order for the same seed).
+
+    DDP: every rank draws this global order with the same generator state (seed and epoch) and
+    takes `order[rank::world_size]`, exactly as for the random order; on one node the ranks share
+    the page cache, so each window is read from disk once per node, by the ranks concurrently.
+    """
+    if n < 0 or block < 1 or window < 1:
+        raise ValueError(f"block_order(n={n}, block={block}, window={window}): n >= 0, block >= 1, window >= 1")
+    starts = torch.arange(0, n, block)
+    starts = starts[torch.randperm(starts.numel(), generator=generator)]
+    pieces = []
+    for first in range(0, starts.numel(), window):
+        positions = torch.cat([torch.arange(s, min(s + block, n)) for s in starts[first : first + window].tolist()])
+        pieces.append(positions[torch.randperm(positions.numel(), generator=generator)])
+    return torch.cat(pieces) if pieces else torch.arange(0)
+
+
 class TensorBatches:
     """Batches of a uint8 image tensor: a shuffled, seeded order per epoch; optional rank sharding.
+
+    `order`: "random" (a full permutation per epoch) or "block" (`block_order` with `block_images`
+    and `block_window`: fewer, longer reads from a cache larger than RAM). Unshuffled batches
+    (evaluation) are in row order either way.
 
     When the images live on the host and the device is CUDA, each batch is gathered into pinned
     memory and copied asynchronously, so the copy overlaps with the previous step's compute.
@@ -38,9 +72,15 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         rows: torch.Tensor | None = None,
+        order: str = "random",
+        block_images: int = 256,
+        block_window: int = 8,
     ) -> None:
         if rows is not None and rows.shape[0] != labels.shape[0]:
             raise ValueError(f"{rows.shape[0]} rows for {labels.shape[0]} labels")
+        if order not in ORDERS:
+            raise ValueError(f"order={order!r}: one of {', '.join(ORDERS)}")
+        self.order, self.block_images, self.block_window = order, block_images, block_window
         self.images, self.labels, self.rows = images, labels, rows
         self.batch_size, self.device, self.shuffle = batch_size, device, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -54,7 +94,10 @@ class TensorBatches:
         n = self.labels.shape[0]
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=generator)
+            if self.order == "block":
+                order = block_order(n, generator, self.block_images, self.block_window)
+            else:
+                order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
         return order[self.rank :: self.world_size]
