@@ -4,6 +4,7 @@
     python scripts/compare_timm.py --data ../shared/datasets/caltech101-animals \\
         --timm-repo path/to/pytorch-image-models --timm-commit <its commit, if not a git checkout> \\
         --epochs 5 --size 128 112 --workers 1 --seeds 0 1 2 --out outputs/timm-compare
+    python scripts/compare_timm.py --summary outputs/timm-compare/compare.json   # its table again
 
 For each seed, before anything trains:
 
@@ -768,10 +769,71 @@ def mean_std(values: list[float]) -> list[float]:
     return [mean, std]
 
 
+# metric, whether higher is better: the paired difference is timm - animalcls, seed by seed
+PAIRED_METRICS = (("test_top1", True), ("val_top1", True), ("wall_s", False))
+
+
+def paired_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per metric: both sides' mean and std over the seeds that have both, timm - animalcls per
+    seed, its mean and Student-t 95 % interval, and the verdict of animalcls.report.paired (a
+    side "beats" the other only from 3 seeds and an interval that excludes 0)."""
+    from animalcls.report import paired
+
+    both = [r for r in rows if "animalcls" in r and "timm" in r]
+    summary: dict[str, Any] = {"seeds": [r["seed"] for r in both], "difference": "timm - animalcls"}
+    for metric, higher_is_better in PAIRED_METRICS:
+        ours = [float(r["animalcls"][metric]) for r in both]
+        theirs = [float(r["timm"][metric]) for r in both]
+        interval = paired.paired_interval([t - o for t, o in zip(theirs, ours, strict=True)])
+        said = paired.verdict(interval, higher_is_better).replace("b beats a", "timm beats animalcls")
+        summary[metric] = {
+            "animalcls": mean_std(ours) if ours else None,
+            "timm": mean_std(theirs) if theirs else None,
+            "per_seed": [t - o for t, o in zip(theirs, ours, strict=True)],
+            "mean": interval.mean,
+            "ci95": [interval.low, interval.high],
+            "verdict": said.replace("a beats b", "animalcls beats timm"),
+        }
+    return summary
+
+
+def with_totals(report: dict[str, Any]) -> dict[str, Any]:
+    """Adds each side's test top-1 mean and std and the paired summary; report["timm"] stays
+    timm's provenance (version, commit): the per-seed numbers are in report["rows"]."""
+    for side in ("animalcls", "timm"):
+        report[f"{side}_test_top1_mean_std"] = mean_std([r[side]["test_top1"] for r in report["rows"]])
+    report["paired"] = paired_summary(report["rows"])
+    return report
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The per-seed table and the paired comparison, from a compare.json's contents."""
+    rows = [r for r in report["rows"] if "animalcls" in r and "timm" in r]
+    print(
+        f"resnet18 from scratch, {report['epochs']} epochs, {report['size'][1]} px, seeds {[r['seed'] for r in rows]}"
+    )
+    print(f"{'seed':>4} {'side':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
+    for r in rows:
+        for side in ("animalcls", "timm"):
+            s = r[side]
+            print(f"{r['seed']:>4} {side:10} {s['val_top1']:10.2f} {s['test_top1']:11.2f} {s['wall_s']:8.0f}")
+    summary = paired_summary(rows)
+    print(f"\npaired by seed, timm - animalcls (n={len(rows)}, Student-t 95 % interval):")
+    for metric, _ in PAIRED_METRICS:
+        m = summary[metric]
+        (ma, sa), (mt, st) = m["animalcls"], m["timm"]
+        per_seed = " ".join(f"{d:+.2f}" for d in m["per_seed"])
+        low, high = m["ci95"]
+        print(
+            f"  {metric:9} animalcls {ma:.2f} +- {sa:.2f}, timm {mt:.2f} +- {st:.2f}; "
+            f"per seed {per_seed}; mean {m['mean']:+.2f}, CI {low:+.2f} to {high:+.2f}: {m['verdict']}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="an image folder (one subfolder per class)")
-    parser.add_argument("--timm-repo", required=True, help="a checkout of pytorch-image-models (train.py)")
+    parser.add_argument("--data", help="an image folder (one subfolder per class)")
+    parser.add_argument("--timm-repo", help="a checkout of pytorch-image-models (train.py)")
     parser.add_argument("--timm-commit", default="", help="its commit, where it is not a git checkout")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -780,7 +842,13 @@ def main() -> None:
     parser.add_argument("--pixels", type=int, default=16, help="test images in the pixel check")
     parser.add_argument("--check-only", action="store_true", help="run the checks, train nothing")
     parser.add_argument("--out", default="outputs/timm-compare")
+    parser.add_argument("--summary", metavar="COMPARE_JSON", help="print a recorded comparison's table, train nothing")
     args = parser.parse_args()
+    if args.summary:
+        print_summary(json.loads(Path(args.summary).read_text()))
+        return
+    if not (args.data and args.timm_repo):
+        parser.error("--data and --timm-repo are needed to run a comparison (--summary only reads one)")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"epochs": args.epochs, "seeds": args.seeds, "size": list(args.size)}
@@ -812,19 +880,10 @@ def main() -> None:
     if args.check_only:
         print(f"\nchecks written to {out / 'compare.json'}")
         return
-    for side in ("animalcls", "timm"):
-        report[side] = [{"seed": r["seed"], **r[side]} for r in report["rows"]]
-        report[f"{side}_test_top1_mean_std"] = mean_std([r[side]["test_top1"] for r in report["rows"]])
+    with_totals(report)
     (out / "compare.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(f"\nresnet18 from scratch, {args.epochs} epochs, {args.size[1]} px, seeds {args.seeds}")
-    print(f"{'seed':>4} {'side':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
-    for r in report["rows"]:
-        for side in ("animalcls", "timm"):
-            s = r[side]
-            print(f"{r['seed']:>4} {side:10} {s['val_top1']:10.2f} {s['test_top1']:11.2f} {s['wall_s']:8.0f}")
-    for side in ("animalcls", "timm"):
-        mean, std = report[f"{side}_test_top1_mean_std"]
-        print(f"{side} test top-1 {mean:.2f} +- {std:.2f} (n={len(args.seeds)})")
+    print()
+    print_summary(report)
     print(f"written to {out / 'compare.json'}; animalcls' rows in {table}")
 
 

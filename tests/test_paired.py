@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -235,3 +236,31 @@ def test_a_warm_started_run_pairs_only_with_runs_from_the_same_source_wherever_i
     ]
     pairing = paired.pair_runs(table(*moved, *warm), {"optimizer": "sgd"}, {"optimizer": "adamw"})
     assert len(pairing.pairs) == 3  # the source's identity pairs them, not its path
+
+
+def test_compare_timm_summary_pairs_by_seed_from_a_recorded_comparison(tmp_path):
+    """scripts/compare_timm.py --summary: timm - animalcls per seed, its t interval and the verdict."""
+    sides = {"animalcls": ([40, 41, 42], [100, 100, 100]), "timm": ([42, 44, 46], [120, 130, 140])}
+    rows = [
+        {"seed": k, **{side: {"test_top1": top1[k], "val_top1": 50.0 + k, "wall_s": wall[k]}}}
+        for k in range(3)
+        for side, (top1, wall) in sides.items()
+    ]
+    merged = [{**rows[2 * k], **rows[2 * k + 1]} for k in range(3)] + [{"seed": 9, "animalcls": rows[0]["animalcls"]}]
+    recorded = tmp_path / "compare.json"
+    recorded.write_text(json.dumps({"epochs": 5, "size": [128, 112], "rows": merged}))
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_timm.py"
+    spec = importlib.util.spec_from_file_location("compare_timm_summary", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    totals = module.with_totals({"timm": {"commit": "abc"}, "rows": merged[:3]})
+    assert totals["timm"] == {"commit": "abc"}  # the provenance is kept (it was once overwritten)
+    assert totals["paired"]["test_top1"]["ci95"] == pytest.approx([0.5159, 5.4841], abs=1e-3)
+    done = subprocess.run([sys.executable, str(script), "--summary", str(recorded)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "seeds [0, 1, 2]" in done.stdout  # seed 9 has no timm side: not paired
+    # diffs 2, 3, 4: mean 3, s = 1, t(2) = 4.303 -> 3 -+ 2.48
+    assert "per seed +2.00 +3.00 +4.00; mean +3.00, CI +0.52 to +5.48: timm beats animalcls" in done.stdout
+    assert "per seed +20.00 +30.00 +40.00; mean +30.00, CI +5.16 to +54.84: animalcls beats timm" in done.stdout
+    assert "per seed +0.00 +0.00 +0.00; mean +0.00, CI +0.00 to +0.00: on par" in done.stdout  # val top-1 equal
