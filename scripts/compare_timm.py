@@ -771,6 +771,7 @@ def mean_std(values: list[float]) -> list[float]:
 
 # metric, whether higher is better: the paired difference is timm - animalcls, seed by seed
 PAIRED_METRICS = (("test_top1", True), ("val_top1", True), ("wall_s", False))
+VERDICT_NAMES = {"b beats a": "timm beats animalcls", "a beats b": "animalcls beats timm"}  # b is timm
 
 
 def paired_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -784,15 +785,16 @@ def paired_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for metric, higher_is_better in PAIRED_METRICS:
         ours = [float(r["animalcls"][metric]) for r in both]
         theirs = [float(r["timm"][metric]) for r in both]
-        interval = paired.paired_interval([t - o for t, o in zip(theirs, ours, strict=True)])
-        said = paired.verdict(interval, higher_is_better).replace("b beats a", "timm beats animalcls")
+        diffs = [t - o for t, o in zip(theirs, ours, strict=True)]
+        interval = paired.paired_interval(diffs)
+        said = paired.verdict(interval, higher_is_better)
         summary[metric] = {
             "animalcls": mean_std(ours) if ours else None,
             "timm": mean_std(theirs) if theirs else None,
-            "per_seed": [t - o for t, o in zip(theirs, ours, strict=True)],
+            "per_seed": diffs,
             "mean": interval.mean,
             "ci95": [interval.low, interval.high],
-            "verdict": said.replace("a beats b", "animalcls beats timm"),
+            "verdict": VERDICT_NAMES.get(said, said),
         }
     return summary
 
