@@ -58,6 +58,13 @@ import pandas as pd
 RECIPE_ARGS = ["model=resnet18", "model.pretrained=false", "recipe=scratch", "tta=false", "amp=off"]
 FOLDERS = {"train": "train", "val": "validation", "test": "test"}  # animalcls' split -> timm's folder
 PIXEL_TOLERANCE = 0.05  # max |difference| of normalised inputs for "the same pixels" (JPEG, resampling)
+# train.py's training augmentation defaults (timm 1.0), used as they are with --timm-aug timm
+TIMM_OWN_AUG = {
+    "scale": [0.08, 1.0],
+    "ratio": [3.0 / 4.0, 4.0 / 3.0],
+    "color_jitter": 0.4,
+    "train_interpolation": "random",
+}
 LR_TOLERANCE = 0.05  # max |lr difference| / lr, update by update, for "the same schedule"
 
 
@@ -114,12 +121,14 @@ def recipe_values(cfg: Any) -> dict[str, Any]:
 
 
 def timm_flags(
-    recipe: dict[str, Any], cfg: Any, classes: int, class_map: Path, workers: int
+    recipe: dict[str, Any], cfg: Any, classes: int, class_map: Path, workers: int, timm_aug: str = "recipe"
 ) -> tuple[list[str], list[str]]:
     """(flags for both train.py and validate.py, flags for train.py only).
 
     animalcls runs E epochs with the warm-up inside them; timm's --warmup-prefix puts the warm-up
-    before --epochs, so train.py gets --epochs E - warm-up (its scheduler then runs E in all)."""
+    before --epochs, so train.py gets --epochs E - warm-up (its scheduler then runs E in all).
+    timm_aug="timm" leaves train.py's own augmentation defaults (TIMM_OWN_AUG) in place of the
+    recipe's centre square, flips only."""
     from animalcls.build import choose_channels_last
 
     shared = ["--model", "resnet18", "--num-classes", str(classes), "--img-size", str(cfg.aug.crop)]
@@ -139,9 +148,11 @@ def timm_flags(
     train += ["-b", str(recipe["batch_size"]), "--sched", "cosine", "--sched-on-updates", "--warmup-prefix"]
     train += ["--epochs", str(epochs), "--warmup-epochs", str(recipe["warmup_epochs"])]
     train += ["--min-lr", repr(recipe["min_lr"]), "--cooldown-epochs", "0", "--smoothing", repr(recipe["smoothing"])]
-    # a crop of scale 1 and ratio 1: RandomResizedCrop falls back to the centre square of the image
-    train += ["--scale", "1.0", "1.0", "--ratio", "1.0", "1.0", "--hflip", repr(recipe["hflip"])]
-    train += ["--color-jitter", "0", "--train-interpolation", "bilinear"]
+    train += ["--hflip", repr(recipe["hflip"])]
+    if timm_aug == "recipe":
+        # a crop of scale 1 and ratio 1: RandomResizedCrop falls back to the centre square of the image
+        train += ["--scale", "1.0", "1.0", "--ratio", "1.0", "1.0"]
+        train += ["--color-jitter", "0", "--train-interpolation", "bilinear"]
     if recipe["ema"] > 0:
         train += ["--model-ema", "--model-ema-decay", repr(recipe["ema"])]
         train += ["--model-ema-warmup"] if recipe["ema_warmup"] else []
@@ -378,8 +389,11 @@ def check_pixels(
 # ---------------------------------------------------------------- model, optimizer, loss, schedule
 
 
-def check_timm_defaults(train_args: argparse.Namespace, recipe: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """train.py's settings that the recipe fixes, as train.py parsed the flags: each must hold."""
+def check_timm_defaults(
+    train_args: argparse.Namespace, recipe: dict[str, Any], epochs: int, timm_aug: str = "recipe"
+) -> dict[str, Any]:
+    """train.py's settings that the recipe fixes, as train.py parsed the flags: each must hold
+    (with timm_aug="timm", the augmentation settings must be train.py's own defaults instead)."""
     expected = {
         "lr": (recipe["lr"], "given, so train.py does not scale --lr-base by the batch size"),
         "reprob": (0.0, "no random erasing"),
@@ -420,6 +434,8 @@ def check_timm_defaults(train_args: argparse.Namespace, recipe: dict[str, Any], 
         "model_kwargs": ({"zero_init_last": False}, "no zero-initialised last BN (timm's default zeroes it)"),
         "pretrained": (False, "from scratch"),
     }
+    if timm_aug == "timm":
+        expected |= {name: (value, "train.py's own default") for name, value in TIMM_OWN_AUG.items()}
     values = {name: getattr(train_args, name, "<missing>") for name in expected}
     wrong = [f"{n}={values[n]!r}, expected {v!r} ({why})" for n, (v, why) in expected.items() if values[n] != v]
     if wrong:
@@ -571,11 +587,22 @@ def check_training_setup(
 
 
 def known_differences(
-    cfg: Any, recipe: dict[str, Any], train_args: argparse.Namespace, train_images: int, pixels: dict[str, Any]
+    cfg: Any,
+    recipe: dict[str, Any],
+    train_args: argparse.Namespace,
+    train_images: int,
+    pixels: dict[str, Any],
+    timm_aug: str = "recipe",
 ) -> list[str]:
-    """What no train.py flag matches, one line each."""
+    """What no train.py flag matches (and, with timm_aug="timm", what was left unmatched), one line each."""
     resize, crop, batch = int(cfg.aug.resize), int(cfg.aug.crop), int(cfg.batch_size)
     lines = []
+    if timm_aug == "timm":
+        lines.append(
+            "augmentation, by choice (--timm-aug timm): timm trains with its own defaults, random-resized crops "
+            "of scale 0.08-1 and ratio 3/4-4/3, colour jitter 0.4 and a random interpolation, plus the flips; "
+            "animalcls with the recipe's centre square and flips"
+        )
     if resize != crop:
         lines.append(
             f"field of view: animalcls trains and tests on the centre {crop}/{resize} of the image's short-side "
@@ -723,7 +750,8 @@ def check_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]
     recipe = recipe_values(cfg)
     split, classes = animalcls_split(data_root, cfg)
     class_map = write_split_folders(data_root, split, classes, out / "split")
-    shared, train_flags = timm_flags(recipe, cfg, len(classes), class_map, args.workers)
+    timm_aug = getattr(args, "timm_aug", "recipe")
+    shared, train_flags = timm_flags(recipe, cfg, len(classes), class_map, args.workers, timm_aug)
     repo = Path(args.timm_repo)
     train_args = parse_timm_args(repo, "train", [*shared, *train_flags, "--seed", str(seed)])
     eval_args = parse_timm_args(repo, "validate", [*shared, "--split", "test"])
@@ -732,7 +760,7 @@ def check_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]
         "labels": check_labels(out / "split", class_map, split),
         "pixels": check_pixels(data_root, out / "split", class_map, split, cfg, eval_args, train_args, args.pixels),
         "training": check_training_setup(cfg, recipe, train_args, len(classes), train_images),
-        "timm_settings": check_timm_defaults(train_args, recipe, args.epochs - recipe["warmup_epochs"]),
+        "timm_settings": check_timm_defaults(train_args, recipe, args.epochs - recipe["warmup_epochs"], timm_aug),
     }
     return {
         "split": split,
@@ -740,7 +768,7 @@ def check_seed(args: argparse.Namespace, seed: int, out: Path) -> dict[str, Any]
         "shared": shared,
         "train_flags": train_flags,
         "checks": checks,
-        "known_differences": known_differences(cfg, recipe, train_args, train_images, checks["pixels"]),
+        "known_differences": known_differences(cfg, recipe, train_args, train_images, checks["pixels"], timm_aug),
         "counts": {FOLDERS[k]: int(v) for k, v in split["split"].value_counts().items()},
     }
 
@@ -811,9 +839,9 @@ def with_totals(report: dict[str, Any]) -> dict[str, Any]:
 def print_summary(report: dict[str, Any]) -> None:
     """The per-seed table and the paired comparison, from a compare.json's contents."""
     rows = [r for r in report["rows"] if "animalcls" in r and "timm" in r]
-    print(
-        f"resnet18 from scratch, {report['epochs']} epochs, {report['size'][1]} px, seeds {[r['seed'] for r in rows]}"
-    )
+    seeds = [r["seed"] for r in rows]
+    aug = report.get("timm_aug", "recipe")
+    print(f"resnet18 from scratch, {report['epochs']} epochs, {report['size'][1]} px, seeds {seeds}, timm's aug: {aug}")
     print(f"{'seed':>4} {'side':10} {'val top-1':>10} {'test top-1':>11} {'wall s':>8}")
     for r in rows:
         for side in ("animalcls", "timm"):
@@ -842,6 +870,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(256, 224), metavar=("RESIZE", "CROP"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pixels", type=int, default=16, help="test images in the pixel check")
+    parser.add_argument(
+        "--timm-aug",
+        choices=["recipe", "timm"],
+        default="recipe",
+        help="timm's training augmentation: the recipe's (matched) or train.py's own defaults",
+    )
     parser.add_argument("--check-only", action="store_true", help="run the checks, train nothing")
     parser.add_argument("--out", default="outputs/timm-compare")
     parser.add_argument("--summary", metavar="COMPARE_JSON", help="print a recorded comparison's table, train nothing")
@@ -854,6 +888,7 @@ def main() -> None:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"epochs": args.epochs, "seeds": args.seeds, "size": list(args.size)}
+    report["timm_aug"] = args.timm_aug
     report["timm"] = timm_provenance(args)
     report["rows"] = []
     table = out / "results.csv"

@@ -154,3 +154,27 @@ def test_all_checks_with_train_py(compare, tmp_path):
     assert training["epochs"] == [3, 3] and training["optimizer_settings_equal"]
     assert training["last_bn_weight_min_timm"] == 1.0  # zero_init_last=False
     assert any(line.startswith("field of view") for line in checked["known_differences"])
+
+
+def test_timm_own_augmentation_leaves_train_py_defaults_and_says_so(compare):
+    cfg = compare.compose_recipe((128, 112), seed=0)
+    cfg.epochs = 5
+    recipe = compare.recipe_values(cfg)
+    _, matched = compare.timm_flags(recipe, cfg, 39, Path("class_map.txt"), workers=1)
+    _, own = compare.timm_flags(recipe, cfg, 39, Path("class_map.txt"), workers=1, timm_aug="timm")
+    dropped = {"--scale", "--ratio", "--color-jitter", "--train-interpolation"}
+    assert dropped <= set(matched) and not dropped & set(own) and "--hflip" in own
+
+
+@pytest.mark.skipif(not os.environ.get("ANIMALCLS_TIMM_REPO"), reason="set ANIMALCLS_TIMM_REPO to a timm checkout")
+def test_timm_own_augmentation_is_checked_against_train_py_defaults(compare):
+    cfg = compare.compose_recipe((128, 112), seed=0)
+    cfg.epochs = 5
+    recipe = compare.recipe_values(cfg)
+    repo = Path(os.environ["ANIMALCLS_TIMM_REPO"])
+    shared, own = compare.timm_flags(recipe, cfg, 39, Path("class_map.txt"), workers=1, timm_aug="timm")
+    parsed = compare.parse_timm_args(repo, "train", [*shared, *own])
+    settings = compare.check_timm_defaults(parsed, recipe, 4, timm_aug="timm")
+    assert settings["color_jitter"] == 0.4 and settings["scale"] == [0.08, 1.0]
+    with pytest.raises(compare.Unfair, match="color_jitter=0.4"):
+        compare.check_timm_defaults(parsed, recipe, 4)  # the matched comparison would refuse these flags
