@@ -570,6 +570,7 @@ def test_escaping_rules_per_format():
     assert csv_text(-1.5) == -1.5
     assert latex_text("50% & [x]\n\ny") == r"50\% \& {[}x{]}  y"
     assert mpl_text("$x$") == r"\$x\$"
+    assert mpl_text("one\rtwo\x1cthree") == "one two three"
 
 
 def test_latex_tables_escape_what_runs_recorded(hostile):

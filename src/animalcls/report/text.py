@@ -129,5 +129,6 @@ def latex_text(value: Any) -> str:
 
 
 def mpl_text(value: Any) -> str:
-    """Text for a matplotlib title or label: '$' would start mathtext (and may raise)."""
-    return str(value).replace("$", r"\$")
+    """Text for a matplotlib title or label: '$' would start mathtext (and may raise); one line,
+    as a \r or \x1c is a glyph no font has (matplotlib warns and draws a box)."""
+    return one_line(value).replace("$", r"\$")
