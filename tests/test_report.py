@@ -875,3 +875,27 @@ def test_report_html_renders_in_headless_chromium(built, tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("<table") == len(_parsed(built["out"]).tables)
+    shot = tmp_path / "report.png"
+    run = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2400",
+            f"--screenshot={shot}",
+            (built["out"] / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and shot.exists(), run.stderr
+    with Image.open(shot) as image:
+        grey = image.convert("L")
+        colours = grey.getcolors(maxcolors=256 * 256) or []
+        dark = sum(count for count, value in colours if value < 128)
+    # a page of tables and figures: many shades (text anti-aliasing, the plots), and dark pixels
+    # (text) on at least 1 % of the page; a blank or failed render is one flat colour
+    assert len(colours) > 32 and dark > 0.01 * grey.width * grey.height, (len(colours), dark)
