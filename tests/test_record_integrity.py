@@ -345,6 +345,21 @@ def test_a_read_only_results_dir_is_refused_before_training(tmp_path, image_fold
     assert not list(tmp_path.glob("outputs/runs/*/*/last.pt"))
 
 
+@pytest.mark.parametrize("options, phrase", [("size=64k", "no space left"), ("size=1m,ro", "not writable")])
+def test_a_run_dir_on_a_full_or_read_only_disk_is_refused_before_hydra_writes_it(
+    tmp_path, image_folder, cli, capsys, options, phrase
+):
+    with mounted_tmpfs(tmp_path / "mnt", options) as mount:
+        if "ro" not in options.split(","):
+            _fill(mount, leave=0)
+        for sweep in ([], ["-m"]):
+            key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+            code = cli([*tiny_train_args(image_folder, f"{key}={mount}/runs/x"), *sweep], tmp_path)
+            _clean_failure(code, capsys, phrase, f"{key}=")
+        assert sorted(p.name for p in mount.iterdir()) == ([] if "ro" in options else ["ballast"])
+    assert not (tmp_path / "outputs" / "results.csv").exists()
+
+
 def test_a_valid_cache_in_a_read_only_dir_is_used(tmp_path, image_folder, cli):
     with mounted_tmpfs(tmp_path / "cachefs", "size=4m") as mount:
         args = tiny_train_args(image_folder, f"data.cache_dir={mount}")

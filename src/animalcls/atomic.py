@@ -72,14 +72,15 @@ def full_disk_errno(exc: BaseException) -> int | None:
 def disk_full(path: Path, code: int = errno.ENOSPC) -> DiskFull:
     """The error for a write to `path` that ran out of space, with the space left there now."""
     try:
-        free = f"{_human(shutil.disk_usage(path.parent).free)} free"
+        free = f"{human_size(shutil.disk_usage(path.parent).free)} free"
     except OSError:
         free = "free space unknown"
     what = "disk quota exceeded" if code == errno.EDQUOT else "no space left on the disk"
     return DiskFull(code, f"{what} while writing {path} ({free} in {path.parent}); free some space", str(path))
 
 
-def _human(size: float) -> str:
+def human_size(size: float) -> str:
+    """`size` bytes for a message: "512 B", "3.2 MiB"."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

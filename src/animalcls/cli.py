@@ -126,6 +126,8 @@ def _check_before_hydra(args: list[str]) -> None:
     _refuse_retired_sweeper(args)
     check_group_choices(args)
     parsed, _ = get_args_parser().parse_known_args(args)
+    if not (parsed.cfg or parsed.help or parsed.hydra_help or parsed.info or parsed.shell_completion):
+        _refuse_an_unwritable_output_dir(list(parsed.overrides), multirun=_is_multirun(args))
     if parsed.config_name or parsed.config_path or parsed.config_dir:
         return
     overrides = list(parsed.overrides)
@@ -135,6 +137,34 @@ def _check_before_hydra(args: list[str]) -> None:
     _refuse_experiment_without_multirun(overrides)
     # Hydra's own settings do not change the job's config, and some resolve only inside a Hydra run
     validate(compose([o for o in overrides if not o.lstrip("+~").startswith("hydra")]))
+
+
+# Hydra's .hydra/*.yaml and the log take a few KB; below this a run could not even start
+MIN_FREE_BYTES = 1 << 20
+
+
+def _refuse_an_unwritable_output_dir(overrides: list[str], multirun: bool) -> None:
+    """Hydra makes the run dir and writes .hydra/*.yaml before any animalcls code runs, and reports
+    a failed write as a traceback: a read-only or (all but) full disk is refused here instead."""
+    import shutil
+
+    from animalcls.atomic import human_size
+    from animalcls.errors import AnimalclsError
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = next((o.partition("=")[2] for o in overrides if o.lstrip("+").partition("=")[0] == key), "outputs")
+    folder = Path(given.split("${", 1)[0] or ".").absolute()  # the part Hydra does not resolve later
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    way_out = f"give the runs a folder on another disk ({key}=/other/disk/...)"
+    if not os.access(folder, os.W_OK):
+        raise AnimalclsError(f"the run dir cannot be made: {folder} is not writable; {way_out}.")
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise AnimalclsError(
+            f"no space left on the disk for the run dir: {folder} has {human_size(free)} free; "
+            f"free some space, or {way_out}."
+        )
 
 
 def _refuse_experiment_without_multirun(overrides: list[str]) -> None:
