@@ -171,11 +171,13 @@ def test_bench_runs_end_to_end_and_writes_the_ratios(tmp_path, cli):
             "bench.warmup=1",
             "bench.eval_batches=1",
             f"bench.out={out}",
+            "data.order=block",  # the engine reads the cache in blocks; the PIL path has no cache to order
         ],
         tmp_path,
     )
     assert code == 0
     result = json.loads(out.read_text())
+    assert result["data_order"] == {"engine": "block", "old_pil": "random"}
     assert {"engine_over_limit", "engine_over_limit_fp32", "engine_over_old", "engine_epoch_over_old_epoch"} <= set(
         result["ratios"]
     )
