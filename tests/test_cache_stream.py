@@ -197,7 +197,11 @@ def test_too_little_disk_is_refused_before_decoding_with_the_numbers_and_the_way
 
 def test_too_little_disk_exits_2_from_the_cli(tmp_path, monkeypatch, cli, capsys):
     root = make_image_folder(tmp_path / "images")
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 5000))
+    real = shutil.disk_usage  # only the cache dir's disk is short (the run dir's has room)
+    short = shutil._ntuple_diskusage(10**9, 10**9, 5000)
+    monkeypatch.setattr(
+        cache_module.shutil, "disk_usage", lambda path: short if Path(path).name == "cache" else real(path)
+    )
     assert cli(tiny_train_args(root), tmp_path) == 2
     err = capsys.readouterr().err
     assert "No space left on device for the decode cache" in err and "Traceback" not in err
