@@ -44,6 +44,27 @@ def _folder(root: Path, classes: int = 2, per_class: int = 3, size: int = 16) ->
 # ---------------------------------------------------------------- decode and scan
 
 
+SIZES = [(300, 200), (200, 300), (113, 97), (97, 113), (128, 128), (129, 128), (112, 500), (640, 111), (31, 17), (9, 9)]
+
+
+@pytest.mark.parametrize("resize, crop", [(112, 112), (128, 112), (48, 40), (37, 21), (8, 8)])
+def test_decode_equals_torchvisions_resize_and_center_crop_pixel_for_pixel(tmp_path, resize, crop):
+    """decode() does torchvision's Resize + CenterCrop with PIL alone (for speed): the cache must
+    hold exactly what data.pipeline=pil's transforms make of the same file."""
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from animalcls.data.decode import to_rgb
+
+    reference = T.Compose([T.Resize(resize), T.CenterCrop(crop), T.PILToTensor()])
+    rng = np.random.default_rng(resize * 1000 + crop)
+    for width, height in SIZES:
+        path = _save(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), tmp_path / f"{width}x{height}.png")
+        with Image.open(path) as image:
+            expected = reference(to_rgb(image))
+        assert torch.equal(decode_uint8(path, resize, crop), expected), (width, height)
+
+
 @pytest.mark.parametrize("dtype, name", [(np.uint16, "deep.png"), (">u2", "deep_be.tif"), (np.int32, "deep_i.tif")])
 def test_16_bit_images_are_scaled_to_8_bit_not_saturated(tmp_path, dtype, name):
     path = _save(np.full((8, 8), 30000, dtype=dtype), tmp_path / name)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -193,3 +196,19 @@ def test_bench_rejects_bad_caps(tmp_path, cli, capsys):
     root = make_image_folder(tmp_path / "images", classes=3, per_class=4, size=40)
     assert cli(["bench", f"data.root={root}", "device=cpu", *TINY, "bench.batches=0"], tmp_path) == 2
     assert "bench.batches" in capsys.readouterr().err
+
+
+def test_bench_build_revs_times_both_code_bases_and_prints_the_paired_difference(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        pytest.skip("scripts/bench_build_revs.py compares git revisions: this is not a git checkout")
+    script = repo / "scripts" / "bench_build_revs.py"
+    args = [sys.executable, str(script), "--images", "24", "--rounds", "1", "--dir", str(tmp_path)]
+    worktrees = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "round 0 base 1 thread(s)" in out and "round 0 tree 1 thread(s)" in out, out
+    assert "too few rounds (n=1): no verdict" in out, out
+    after = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert after == worktrees  # the base's temporary worktree is gone

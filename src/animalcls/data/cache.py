@@ -454,21 +454,15 @@ def _build_cache(
     offset = _data_offset(files.partial)
     fd = os.open(files.partial, os.O_WRONLY)
     try:
+        slots = (offset + index * per_image for index in itertools.count(done))
         with (
-            closing(_decoded(paths, resize, crop, workers)) as results,
+            closing(_decoded_into(fd, zip(paths, slots), resize, crop, workers)) as results,
             tqdm(total=count, initial=done, desc="decode", leave=False, disable=None, unit="img") as bar,
         ):
-            for result in results:
-                if isinstance(result, str):
+            for reason in results:
+                if reason is not None:
                     bad_index.append(done)
-                    bad_reason.append(result)
-                    _pwrite_all(
-                        fd, memoryview(bytes(per_image)), offset + done * per_image
-                    )  # zeros over a resumed slot
-                else:
-                    # numpy's CHW copy: torch's .contiguous() of this permuted view measured 8 ms an
-                    # image on 2 busy cores (its intra-op threads contend with the decode threads), numpy's 20 us
-                    _pwrite_all(fd, np.ascontiguousarray(result.numpy()).data, offset + done * per_image)
+                    bad_reason.append(reason)
                 done += 1
                 bar.update(1)
                 if done % chunk == 0:
@@ -539,18 +533,22 @@ def _write_json(file: Path, blob: dict[str, Any]) -> None:
         raise
 
 
-def _decoded(paths: Iterable[Path], resize: int, crop: int, workers: int) -> Generator[torch.Tensor | str, None, None]:
-    """Each path decoded (or the reason it failed), in order. PIL releases the GIL while decoding
-    and resizing, so threads scale across cores (and measured faster than processes, which must
-    ship the pixels back). Only a few decodes per thread are queued at a time: memory stays flat
-    for any data set, and closing the iterator (a stop) waits for at most one decode per thread
-    instead of all the remaining ones."""
+def _decoded_into(
+    fd: int, jobs: Iterable[tuple[Path, int]], resize: int, crop: int, workers: int
+) -> Generator[str | None, None, None]:
+    """Decode each (path, byte offset) into the cache file `fd` at that offset, and yield, in
+    order, why it could not be decoded (or None). The decode threads write their own images: PIL
+    releases the GIL while decoding and resizing, and os.pwrite while writing, so threads scale
+    across cores (and measured faster than processes, which must ship the pixels back); the
+    loop that orders the results then does next to nothing. Only a few decodes per thread are
+    queued at a time: memory stays flat for any data set, and closing the iterator (a stop) waits
+    for at most one decode per thread instead of all the remaining ones."""
     window = 4 * max(1, workers)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        pending: deque[Future[torch.Tensor | str]] = deque()
+        pending: deque[Future[str | None]] = deque()
         try:
-            for path in paths:
-                pending.append(pool.submit(decode_or_reason, path, resize, crop))
+            for path, where in jobs:
+                pending.append(pool.submit(_decode_into, fd, where, path, resize, crop))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
@@ -558,6 +556,17 @@ def _decoded(paths: Iterable[Path], resize: int, crop: int, workers: int) -> Gen
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _decode_into(fd: int, where: int, path: Path, resize: int, crop: int) -> str | None:
+    """One image into the cache file at byte `where` (zeros when it cannot be decoded: a resumed
+    slot keeps nothing of an earlier attempt); why it could not be decoded, or None."""
+    pixels = decode_or_reason(path, resize, crop)
+    if isinstance(pixels, str):
+        _pwrite_all(fd, memoryview(bytes(3 * crop * crop)), where)
+        return pixels
+    _pwrite_all(fd, pixels.data, where)
+    return None
 
 
 def _reason(exc: BaseException) -> str:
