@@ -1,6 +1,7 @@
 """The decode cache's build speed, this working tree against another git revision, side by side.
 
     python scripts/bench_build_revs.py [--base HEAD] [--images 20000] [--rounds 3] [--dir /tmp/animalcls-bench-cache]
+        [--same-bytes FOLDER]
 
 Checks the base revision out into a temporary git worktree, then, for each round, builds the
 cache of the same N synthetic 300x200 JPEGs (bench_cache.make_jpegs, reused from --dir) at 112 px
@@ -9,11 +10,14 @@ with PYTHONPATH pointing at that code's src/, the order reversed every other rou
 meet the same load. Prints img/s per build, the per-round ratio working tree / base, and per thread
 count the paired difference over rounds with its 95 % t-interval and verdict
 (animalcls.report.paired: "faster" only with 3 or more rounds and an interval that excludes 0).
+With --same-bytes FOLDER it first builds FOLDER's cache at three sizes with both code bases and
+stops unless the files are byte-identical: a faster build must not change what runs train on.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -59,12 +63,28 @@ def build(src: Path, images: Path, threads: int, scratch: Path) -> dict[str, flo
     return result
 
 
+def cache_digests(src: Path, folder: Path, resize: int, crop: int, cache: Path) -> list[tuple[str, str]]:
+    """The sha256 of each file of the cache that code base `src` builds of `folder`."""
+    code = (
+        "import sys; from animalcls.data import load_cache, scan; "
+        "load_cache(scan(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[2])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    subprocess.run([sys.executable, "-c", code, str(folder), str(cache), str(resize), str(crop)], check=True, env=env)
+    digests = [(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in sorted(cache.iterdir())]
+    shutil.rmtree(cache)
+    return digests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="HEAD", help="git revision to compare against (default HEAD)")
     parser.add_argument("--images", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "animalcls-bench-cache")
+    parser.add_argument(
+        "--same-bytes", type=Path, metavar="FOLDER", help="first check both build byte-identical caches of FOLDER"
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -93,6 +113,16 @@ def main() -> None:
                 f"{args.images} images, 112 px, {cores} usable cores; base {base_rev[:10]}, working tree "
                 f"{'with' if dirty.stdout.strip() else 'without'} changes in src/ ({time.strftime('%Y-%m-%d %H:%M')})"
             )
+            if args.same_bytes:  # a faster build must not change what runs train on
+                for resize, crop in ((128, 112), (112, 112), (48, 48)):
+                    built = [
+                        cache_digests(src, args.same_bytes, resize, crop, scratch / f"same-{c}")
+                        for c, src in codes.items()
+                    ]
+                    same = "byte-identical" if built[0] == built[1] else "DIFFERENT"
+                    print(f"cache of {args.same_bytes} at resize {resize}, crop {crop}: {same}", flush=True)
+                    if built[0] != built[1]:
+                        sys.exit(1)
             rows = []
             for round_ in range(args.rounds):
                 order = [(code, threads) for threads in dict.fromkeys([1, cores]) for code in codes]
@@ -106,6 +136,9 @@ def main() -> None:
                     )
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)], check=False)
+
+    if not rows:  # --rounds 0: the byte check only
+        return
 
     def rates(code: str, threads: int) -> list[float]:
         return [r["images_per_s"] for r in rows if r["code"] == code and r["threads"] == threads]

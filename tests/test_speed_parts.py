@@ -203,12 +203,15 @@ def test_bench_build_revs_times_both_code_bases_and_prints_the_paired_difference
     if not (repo / ".git").exists():
         pytest.skip("scripts/bench_build_revs.py compares git revisions: this is not a git checkout")
     script = repo / "scripts" / "bench_build_revs.py"
+    images = make_image_folder(tmp_path / "real", classes=2, per_class=4, size=150)
     args = [sys.executable, str(script), "--images", "24", "--rounds", "1", "--dir", str(tmp_path)]
+    args += ["--same-bytes", str(images)]
     worktrees = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "round 0 base 1 thread(s)" in out and "round 0 tree 1 thread(s)" in out, out
     assert "too few rounds (n=1): no verdict" in out, out
+    assert out.count("byte-identical") == 3, out
     after = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout
     assert after == worktrees  # the base's temporary worktree is gone
