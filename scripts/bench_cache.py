@@ -388,9 +388,11 @@ def main() -> None:
         f"  CPU {cpu_model()}; disk free at {work}: {shutil.disk_usage(work).free / 1e9:.0f} GB; "
         f"RAM available {available_ram() / 1e9:.1f} GB",
     ]
+    print("\n".join(lines), flush=True)  # what the run measured, and where, with the numbers below
     common = ["--root", str(root), "--crop", str(args.crop)]
     if not (args.skip_decode or args.order_only):
         lines.append("decode only, 2000 images (img/s):")
+        print(lines[-1], flush=True)
         for pool, workers in [
             ("thread", 1),
             ("thread", cores),
@@ -402,6 +404,7 @@ def main() -> None:
             lines.append(f"  {pool:7s} x{workers}: {got['img_s']:7.0f}")
             print(lines[-1], flush=True)
     lines.append("build (fresh cache dir each):")
+    print(lines[-1], flush=True)
     for workers in (cores,) if args.order_only else (1, cores):
         cache = work / f"cache-{args.images}-{workers}"
         shutil.rmtree(cache, ignore_errors=True)
