@@ -34,9 +34,10 @@ def _eight_bit(image: Image.Image) -> npt.NDArray[np.uint8]:
 def decode(path: Path, resize: int, crop: int) -> Image.Image:
     """Open as RGB (grayscale, palette, 16-bit and float images are converted), then torchvision's
     Resize(resize) + CenterCrop(crop), pixel for pixel (tested), made of the same two PIL calls
-    without torchvision's Python around them: that held the GIL for a sixth of a decode, which kept
-    the cache build's threads from scaling. Images smaller than the crop are resized up, as
-    torchvision's Resize does.
+    without torchvision's Python around them, which holds the GIL while the other decode threads
+    wait (the cache build's 2-thread rate rose 1.17x with this and the threads' own writes:
+    scripts/bench_build_revs.py). Images smaller than the crop are resized up, as torchvision's
+    Resize does.
     """
     with Image.open(path) as image:
         rgb = to_rgb(image)
