@@ -40,40 +40,31 @@ assert animalcls.__file__.startswith(os.environ["PYTHONPATH"]), animalcls.__file
 from animalcls.data.cache import load_cache
 from animalcls.data.scan import scan
 
-data = scan(sys.argv[1])
+folder, cache, resize, crop, threads = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+data = scan(folder)
 before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-load_cache(data, 112, 112, sys.argv[2], workers=int(sys.argv[3]))
+load_cache(data, resize, crop, cache, workers=threads)
 wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
 cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 print(json.dumps({"images_per_s": len(data.paths) / wall, "cpu_per_wall": cpu / wall}))
 """
 
 
-def build(src: Path, images: Path, threads: int, scratch: Path) -> dict[str, float]:
-    cache = scratch / "cache"
+def build(src: Path, folder: Path, resize: int, crop: int, threads: int, cache: Path) -> dict[str, float]:
+    """Build `folder`'s cache into a fresh `cache` dir with code base `src`, in a fresh process."""
     shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, str(images), str(cache), str(threads)], capture_output=True, text=True, env=env
-    )
-    shutil.rmtree(cache, ignore_errors=True)
+    args = [str(folder), str(cache), str(resize), str(crop), str(threads)]
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"a build with {src} failed:\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
-def cache_digests(src: Path, folder: Path, resize: int, crop: int, cache: Path) -> list[tuple[str, str]]:
-    """The sha256 of each file of the cache that code base `src` builds of `folder`."""
-    code = (
-        "import sys; from animalcls.data import load_cache, scan; "
-        "load_cache(scan(sys.argv[1]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[2])"
-    )
-    env = {**os.environ, "PYTHONPATH": str(src)}
-    subprocess.run([sys.executable, "-c", code, str(folder), str(cache), str(resize), str(crop)], check=True, env=env)
-    digests = [(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in sorted(cache.iterdir())]
-    shutil.rmtree(cache)
-    return digests
+def digests(cache: Path) -> list[tuple[str, str]]:
+    """The sha256 of each file of a built cache."""
+    return [(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in sorted(cache.iterdir())]
 
 
 def main() -> None:
@@ -115,10 +106,10 @@ def main() -> None:
             )
             if args.same_bytes:  # a faster build must not change what runs train on
                 for resize, crop in ((128, 112), (112, 112), (48, 48)):
-                    built = [
-                        cache_digests(src, args.same_bytes, resize, crop, scratch / f"same-{c}")
-                        for c, src in codes.items()
-                    ]
+                    built = []
+                    for src in codes.values():
+                        build(src, args.same_bytes, resize, crop, cores, scratch / "cache")
+                        built.append(digests(scratch / "cache"))
                     same = "byte-identical" if built[0] == built[1] else "DIFFERENT"
                     print(f"cache of {args.same_bytes} at resize {resize}, crop {crop}: {same}", flush=True)
                     if built[0] != built[1]:
@@ -127,7 +118,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 order = [(code, threads) for threads in dict.fromkeys([1, cores]) for code in codes]
                 for code, threads in order if round_ % 2 == 0 else order[::-1]:
-                    result = build(codes[code], images, threads, scratch)
+                    result = build(codes[code], images, 112, 112, threads, scratch / "cache")
                     rows.append({"round": round_, "code": code, "threads": threads, **result})
                     print(
                         f"round {round_} {code:4s} {threads} thread(s): {result['images_per_s']:7.1f} img/s, "
@@ -146,9 +137,8 @@ def main() -> None:
     for threads in dict.fromkeys([1, cores]):
         base, tree = rates("base", threads), rates("tree", threads)
         interval = paired_interval([t - b for t, b in zip(tree, base)])
-        said = {"b beats a": "the working tree is faster", "a beats b": "the base is faster"}.get(
-            verdict(interval), verdict(interval).replace("seeds", "rounds")
-        )
+        said = verdict(interval).replace("seeds", "rounds")  # b is the working tree, a the base
+        said = {"b beats a": "the working tree is faster", "a beats b": "the base is faster"}.get(said, said)
         print(
             f"{threads} thread(s): base {statistics.median(base):.0f}, tree {statistics.median(tree):.0f} img/s "
             f"(medians); tree/base per round {' '.join(f'{t / b:.2f}' for t, b in zip(tree, base))}; "
